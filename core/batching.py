@@ -1,0 +1,73 @@
+"""From corpus arrays to model tensors: one run's inputs on its device, gathered window by window."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.corpus import Corpus
+from core.errors import ConfigError
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, L, d_in)
+    y: torch.Tensor | None  # (B, L, n_targets); None when labels were not asked for
+    mask: torch.Tensor  # (B, L) bool, True on real frames
+    lengths: torch.Tensor | None  # (B,) on the CPU; None when every sequence is L frames long
+    frames: torch.Tensor  # (B, L) corpus frame index of each position (clamped on padding)
+
+
+class FrameInputs:
+    """The chosen feature sets (and segment id) of a corpus, on a device, standardized as configured.
+
+    The corpus arrays are moved to the device once; each batch is gathered by index from them and
+    standardized on the fly, so no per-run copy of the data set is ever made on the host (several
+    trials sharing one corpus through Ray's object store stay at one copy).
+    """
+
+    def __init__(self, corpus: Corpus, feature_set: tuple[str, ...], normalize: tuple[str, ...],
+                 add_seg_id: bool, targets: tuple[str, ...], device: torch.device | str = "cpu"):
+        missing = [name for name in feature_set if name not in corpus.features]
+        if missing:
+            raise ConfigError(f"feature_set: {', '.join(missing)} not loaded (corpus has {', '.join(corpus.features)})")
+        missing = [t for t in targets if t not in corpus.targets]
+        if missing:
+            raise ConfigError(f"emo_dim_set: {', '.join(missing)} not loaded (corpus has {', '.join(corpus.targets)})")
+        self.device = torch.device(device)
+        blocks = [("seg_id", corpus.segment_ids[:, None].astype(np.float32))] if add_seg_id else []
+        blocks += [(name, corpus.features[name]) for name in feature_set]
+        self.blocks = [_tensor(values, self.device) for _, values in blocks]
+        means, stds = [], []
+        for name, values in blocks:
+            mean, std = corpus.stats[name] if name in normalize else (np.zeros(values.shape[1]), np.ones(values.shape[1]))
+            means.append(mean)
+            stds.append(std)
+        self.mean = torch.tensor(np.concatenate(means), dtype=torch.float32, device=self.device)
+        self.inv_std = 1 / torch.tensor(np.concatenate(stds), dtype=torch.float32, device=self.device)
+        self.d_in = int(self.mean.numel())
+        columns = [corpus.targets.index(t) for t in targets]
+        self.labels = _tensor(np.ascontiguousarray(corpus.labels[:, columns]), self.device)
+
+    def batch(self, starts: np.ndarray, lengths: np.ndarray, with_labels: bool = True) -> Batch:
+        longest = int(lengths.max())
+        steps = torch.arange(longest)
+        lengths_t = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+        mask = steps[None, :] < lengths_t[:, None]
+        frames = torch.from_numpy(np.asarray(starts, dtype=np.int64))[:, None] + torch.where(mask, steps, 0)
+        frames, mask = frames.to(self.device), mask.to(self.device)
+        flat = frames.flatten()
+        x = torch.cat([block.index_select(0, flat) for block in self.blocks], dim=-1).view(*frames.shape, -1)
+        x.sub_(self.mean).mul_(self.inv_std).mul_(mask[..., None])  # in place: x is the largest tensor of a step
+        y = self.labels.index_select(0, flat).view(*frames.shape, -1) if with_labels else None
+        full = bool((lengths_t == longest).all())
+        return Batch(x, y, mask, None if full else lengths_t, frames)
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # Arrays shared through Ray's object store are read-only; these tensors are never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array).to(device)

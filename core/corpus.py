@@ -1,0 +1,238 @@
+"""A MuSe data set in memory: one contiguous float32 matrix per feature set, labels, train statistics.
+
+Videos are ordered train, devel, test, so each partition is one contiguous range of frames and a
+window is just a (start, length) pair into these arrays. Test labels are read only when asked for:
+a corpus loaded without them (as every search loads it) does not hold them and refuses to give them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.cache import EntryWriter, default_cache_dir, entry_dir, parse_in_order, read_entry
+from core.errors import ConfigError, DataError, TestLabelsLocked
+from core.muse_files import (FEATURE_DIR, LABEL_DIR, PARTITIONS, TARGETS, check_files, feature_file,
+                             feature_sets_in, label_file, read_feature_file, read_label_file, read_partition)
+
+NONFINITE_MODES = ("mean", "error")
+
+
+@dataclass
+class Corpus:
+    root: str
+    feature_sets: tuple[str, ...]
+    targets: tuple[str, ...]
+    video_ids: np.ndarray  # (V,) int64
+    offsets: np.ndarray  # (V + 1,) int64: video i holds frames offsets[i]:offsets[i + 1]
+    partition_videos: dict[str, tuple[int, int]]  # [first, last + 1) video index of each partition
+    timestamps: np.ndarray  # (N,) int64 milliseconds
+    segment_ids: np.ndarray  # (N,) int32
+    features: dict[str, np.ndarray]  # name -> (N, D) float32, gaps filled with the column's train mean
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]  # name or "seg_id" -> train mean and std per column
+    labels: np.ndarray  # (frames with labels, T): train and devel, plus test only if loaded with test labels
+    has_test_labels: bool
+    fingerprint: str  # content of the selected sets, labels (not test's) and partition: provenance
+    nonfinite: dict[str, int] = field(default_factory=dict)  # feature set -> cells that were NaN or inf
+    parsed: tuple[str, ...] = ()  # cache entries this load built from CSV (empty: all from the cache)
+
+    def videos(self, partition: str) -> range:
+        return range(*self.partition_videos[partition])
+
+    def frames(self, partition: str) -> slice:
+        first, stop = self.partition_videos[partition]
+        return slice(int(self.offsets[first]), int(self.offsets[stop]))
+
+    def labels_of(self, partition: str) -> np.ndarray:
+        if partition == "test" and not self.has_test_labels:
+            raise TestLabelsLocked("this corpus was loaded without test labels (as every search is); "
+                                   "load it with test_labels=True to evaluate on test, once, at the end")
+        return self.labels[self.frames(partition)]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: values.shape[1] for name, values in self.features.items()}
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{p} {len(self.videos(p))}" for p in PARTITIONS)
+        sets = ", ".join(f"{n} ({d})" for n, d in self.dims.items())
+        gaps = "".join(f"; {n}: {c} NaN/inf cells filled with the train mean"
+                       for n, c in self.nonfinite.items() if c)
+        return f"{len(self.video_ids)} videos ({counts}), {len(self.timestamps)} frames, features {sets}{gaps}"
+
+
+def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
+                targets: list[str] | tuple[str, ...] = TARGETS, *, test_labels: bool = False,
+                nonfinite: str = "mean", cache_dir: Path | None = None) -> Corpus:
+    """Read (or take from the cache) the given feature sets and targets of the MuSe data set at `root`."""
+    root = Path(root)
+    feature_sets, targets = tuple(feature_sets), tuple(targets)
+    _check_names(root, feature_sets, targets, nonfinite)
+    split = read_partition(root)
+    videos = [v for p in PARTITIONS for v in split[p]]
+    labelled = split["train"] + split["devel"]
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    parsed: list[str] = []
+
+    features, reference = {}, None
+    for name in feature_sets:
+        check_files(root / FEATURE_DIR / name, videos, f"'{name}' feature")
+        manifest, values, arrays = _feature_entry(root, name, videos, cache_dir, parsed)
+        files = [feature_file(root, name, v) for v in videos]
+        if reference is None:  # the first feature set's rows are the frame index everything must match
+            lengths, timestamps, segment_ids = arrays["lengths"], arrays["timestamps"], arrays["segment_ids"]
+            reference = dict(zip(videos, zip(files, _per_video(timestamps, lengths))))
+        _check_aligned(files, videos, arrays, reference)
+        features[name] = (manifest, values)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    label_columns, label_hashes = [], []
+    for target in targets:
+        check_files(root / LABEL_DIR / target, labelled + (split["test"] if test_labels else []),
+                    f"'{target}' label", videos)
+        parts = [("labelled", labelled)] + ([("test", split["test"])] if test_labels else [])
+        columns = []
+        for part, ids in parts:
+            manifest, values, arrays = _label_entry(root, target, part, ids, cache_dir, parsed)
+            _check_aligned([label_file(root, target, v) for v in ids], ids, arrays, reference)
+            columns.append(values)
+            if part == "labelled":
+                label_hashes.append(manifest["content_hash"])
+        label_columns.append(np.concatenate(columns))
+    labels = np.stack(label_columns, axis=1)
+
+    counts = {p: len(split[p]) for p in PARTITIONS}
+    bounds = np.cumsum([0] + [counts[p] for p in PARTITIONS])
+    partition_videos = {p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(PARTITIONS)}
+    train = slice(0, int(offsets[bounds[1]]))
+    stats, gaps = {}, {}
+    for name, (manifest, values) in features.items():
+        gaps[name] = sum(manifest["nonfinite"].values())
+        if gaps[name] and nonfinite == "error":
+            worst = sorted(manifest["nonfinite"].items(), key=lambda kv: -kv[1])[:10]
+            files = ", ".join(f"{feature_file(root, name, v)} ({c})" for v, c in worst)
+            raise DataError(f"feature set '{name}' has {gaps[name]} NaN/inf cells: {files}; "
+                            "use nonfinite='mean' (--nonfinite mean) to fill them with the train mean")
+        stats[name] = _train_stats(values[train], has_gaps=gaps[name] > 0)
+        if gaps[name]:
+            rows, cols = np.nonzero(np.isnan(values))
+            values[rows, cols] = stats[name][0][cols]
+    stats["seg_id"] = _train_stats(segment_ids[train, None].astype(np.float32))
+
+    digest = hashlib.sha1(repr([(p, split[p]) for p in PARTITIONS]).encode())
+    for name in feature_sets:
+        digest.update(features[name][0]["content_hash"].encode())
+    for target, h in zip(targets, label_hashes):
+        digest.update(f"{target}:{h}".encode())
+    return Corpus(
+        root=str(root), feature_sets=feature_sets, targets=targets,
+        video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets, partition_videos=partition_videos,
+        timestamps=timestamps, segment_ids=segment_ids,
+        features={n: values for n, (_, values) in features.items()}, stats=stats, labels=labels,
+        has_test_labels=test_labels, fingerprint=digest.hexdigest()[:16], nonfinite=gaps, parsed=tuple(parsed))
+
+
+def _check_names(root: Path, feature_sets: tuple[str, ...], targets: tuple[str, ...], nonfinite: str) -> None:
+    if not feature_sets:
+        raise ConfigError("feature_set: name at least one feature set")
+    if len(set(feature_sets)) != len(feature_sets):
+        raise ConfigError(f"feature_set: {', '.join(feature_sets)} names a set twice")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise ConfigError(f"emo_dim_set: unknown target {', '.join(unknown) or '(none given)'}; "
+                          f"choose from {', '.join(TARGETS)}")
+    if nonfinite not in NONFINITE_MODES:
+        raise ConfigError(f"nonfinite: {nonfinite!r} is not one of {', '.join(NONFINITE_MODES)}")
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a folder")
+    available = feature_sets_in(root)
+    for name in feature_sets:
+        if name not in available:
+            raise DataError(f"unknown feature set '{name}': no folder {root / FEATURE_DIR / name}; "
+                            f"available: {', '.join(available) or 'none'}")
+
+
+def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, parsed: list[str]):
+    files = [feature_file(root, name, v) for v in videos]
+    folder = entry_dir(cache_dir, "features", name, files)
+    if not (folder / "manifest.json").is_file():
+        parsed.append(folder.name)
+        writer = EntryWriter(folder)
+        try:
+            columns, lengths, timestamps, segment_ids, gaps = None, [], [], [], {}
+            for video, path, f in zip(videos, files, parse_in_order(read_feature_file, files)):
+                if columns is None:
+                    columns = f.columns
+                elif f.columns != columns:
+                    raise DataError(f"{path}: {len(f.columns)} feature columns, but {files[0]} has "
+                                    f"{len(columns)}; every '{name}' file needs the same columns")
+                writer.append(f.values)
+                lengths.append(len(f.timestamps))
+                timestamps.append(f.timestamps)
+                segment_ids.append(f.segment_ids)
+                if n_gaps := int(np.isnan(f.values).sum()):
+                    gaps[video] = n_gaps
+            manifest = {"name": name, "videos": videos, "columns": columns, "nonfinite": gaps,
+                        "shape": [int(sum(lengths)), len(columns)]}
+            writer.publish(manifest, {"lengths": np.asarray(lengths, np.int64),
+                                      "timestamps": np.concatenate(timestamps),
+                                      "segment_ids": np.concatenate(segment_ids)})
+        except BaseException:
+            writer.discard()
+            raise
+    return read_entry(folder, ("lengths", "timestamps", "segment_ids"))
+
+
+def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_dir: Path, parsed: list[str]):
+    files = [label_file(root, target, v) for v in videos]
+    folder = entry_dir(cache_dir, f"labels-{part}", target, files)
+    if not (folder / "manifest.json").is_file():
+        parsed.append(folder.name)
+        writer = EntryWriter(folder)
+        try:
+            lengths, timestamps = [], []
+            for stamps, values in parse_in_order(read_label_file, files):
+                writer.append(values)
+                lengths.append(len(stamps))
+                timestamps.append(stamps)
+            writer.publish({"name": target, "videos": videos, "shape": [int(sum(lengths))]},
+                           {"lengths": np.asarray(lengths, np.int64), "timestamps": np.concatenate(timestamps)})
+        except BaseException:
+            writer.discard()
+            raise
+    return read_entry(folder, ("lengths", "timestamps"))
+
+
+def _per_video(array: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    return np.split(array, np.cumsum(lengths)[:-1])
+
+
+def _check_aligned(files: list[Path], videos: list[int], arrays: dict[str, np.ndarray],
+                   reference: dict[int, tuple[Path, np.ndarray]]) -> None:
+    """Every file's rows must match the first feature set's, timestamp for timestamp."""
+    for path, video, mine in zip(files, videos, _per_video(arrays["timestamps"], arrays["lengths"])):
+        ref_path, ref = reference[video]
+        if np.array_equal(mine, ref):
+            continue
+        if len(mine) != len(ref):
+            detail = f"{len(mine)} rows, but {ref_path} has {len(ref)}"
+        else:
+            row = int(np.flatnonzero(mine != ref)[0])
+            detail = f"line {row + 2} has timestamp {mine[row]}, but {ref_path} has {ref[row]}"
+        raise DataError(f"{path}: timestamps do not line up with the features: {detail}")
+
+
+def _train_stats(train: np.ndarray, has_gaps: bool = False,
+                 chunk_rows: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column (ignoring NaN if has_gaps), in row chunks: no float64 copy of the matrix."""
+    chunks = [train[i:i + chunk_rows] for i in range(0, len(train), chunk_rows)]
+    add = np.nansum if has_gaps else np.sum
+    total = sum(add(chunk, axis=0, dtype=np.float64) for chunk in chunks)
+    count = sum((~np.isnan(chunk)).sum(axis=0) for chunk in chunks) if has_gaps else len(train)
+    mean = total / np.maximum(count, 1)
+    squares = sum(add((chunk - mean) ** 2, axis=0) for chunk in chunks)
+    std = np.sqrt(squares / np.maximum(count, 1))
+    std = np.where(std > 1e-8, std, 1.0)  # a column constant in train is only centred
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,29 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.synthetic import generate
+
+TINY_FEATURES = {"egemaps": 10, "fasttext": 12}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Tests never write to the user's cache."""
+    os.environ["MUSE_CACHE_DIR"] = str(tmp_path_factory.mktemp("muse-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """14 short synthetic videos (8 train, 3 devel, 3 test): enough to learn from in seconds."""
+    root = tmp_path_factory.mktemp("tiny") / "muse"
+    generate(root, videos=14, seed=3, feature_dims=TINY_FEATURES, min_frames=300, max_frames=500)
+    return root
+
+
+@pytest.fixture
+def root_copy(tiny_root, tmp_path) -> Path:
+    """A private copy of the tiny data set, for tests that damage it."""
+    return Path(shutil.copytree(tiny_root, tmp_path / "muse"))
