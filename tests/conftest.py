@@ -10,9 +10,10 @@ TINY_FEATURES = {"egemaps": 10, "fasttext": 12}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _cache_dir(tmp_path_factory):
-    """Tests never write to the user's cache."""
+def _private_dirs(tmp_path_factory):
+    """Tests never write to the user's cache or the repository's runs/."""
     os.environ["MUSE_CACHE_DIR"] = str(tmp_path_factory.mktemp("muse-cache"))
+    os.environ["MUSE_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +28,14 @@ def tiny_root(tmp_path_factory) -> Path:
 def root_copy(tiny_root, tmp_path) -> Path:
     """A private copy of the tiny data set, for tests that damage it."""
     return Path(shutil.copytree(tiny_root, tmp_path / "muse"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session, with 2 CPUs and 1 logical GPU (none is needed to schedule on it)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    yield ray
+    ray.shutdown()
