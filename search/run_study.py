@@ -10,6 +10,7 @@ a driver that died are marked FAIL, and the budget counts what the study already
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -97,15 +98,21 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         else:
             scheduler, pruned_by = tune.schedulers.FIFOScheduler(), (lambda trial_id: False)
         searcher = StudySearcher(study, spec, driver.id, corpus.fingerprint, pruned_by, log)
+        # One copy of the data set per node, in Ray's object store; the driver keeps only a view of it.
+        corpus_ref = ray.put(corpus)
+        del corpus
         log(f"study {spec.name!r}: up to {spec.trials} trials of at most {spec.max_epochs} epochs, "
             f"{concurrent} at a time ({resources['cpu']:g} CPU, {resources['gpu']:g} GPU each)")
-        trainable = tune.with_resources(tune.with_parameters(objective, corpus=corpus), resources)
+        trainable = tune.with_resources(functools.partial(objective, corpus_ref=corpus_ref), resources)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no CCC
         ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
         tuner = tune.Tuner(trainable,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                                       max_concurrent_trials=concurrent),
+                                                       max_concurrent_trials=concurrent,
+                                                       # a new trial reuses a finished one's process: no
+                                                       # seconds of worker start and torch import each time
+                                                       reuse_actors=True),
                            run_config=tune.RunConfig(name=spec.name, storage_path=str(ray_results.resolve()),
                                                      verbose=0))
         tuner.fit()
@@ -119,7 +126,8 @@ def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher, sec
     trials = study.get_trials(deepcopy=False)
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     summary = {"study": spec.name, "storage": mask(spec.storage), "trials": len(trials), "states": states,
-               "trials_this_run": len(searcher.told), "seconds": round(seconds, 1)}
+               "trials_this_run": len(searcher.told), "seconds": round(seconds, 1),
+               "storage_s": round(searcher.storage_s, 3)}
     log(f"study {spec.name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
         f"{len(searcher.told)} finished in this run, in {seconds:.0f} s")
     if states.get("COMPLETE"):

@@ -80,6 +80,8 @@ class Driver:
             owner = trial.user_attrs.get("driver")
             if owner == self.id or self._alive(attrs.get(f"driver:{owner}")):
                 continue
+            if owner is None and time.time() - trial.datetime_start.timestamp() < STALE_AFTER_S:
+                continue  # just asked for by some driver, which has not yet written its name on it
             storage = self.study._storage
             storage.set_trial_user_attr(trial._trial_id, "stop_reason", STALE)
             try:

@@ -12,9 +12,10 @@ from core.corpus import Corpus
 from core.train import EpochReport, TrainConfig, train
 
 
-def objective(config: dict, corpus: Corpus) -> None:
-    """The corpus arrives through Ray's object store: one copy per node, shared by all its trials."""
+def objective(config: dict, corpus_ref: ray.ObjectRef) -> None:
+    """The corpus comes from Ray's object store: one copy per node, its arrays shared by all trials there."""
     started = time.time()
+    corpus: Corpus = ray.get(corpus_ref)
     cfg = TrainConfig.from_dict(config["train"])
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # Ray also sets CUDA_VISIBLE_DEVICES to these
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"

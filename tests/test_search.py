@@ -329,3 +329,9 @@ def _get_json(url: str, wait: float = 0) -> dict:
             if time.time() > deadline:
                 raise
             time.sleep(0.3)
+
+
+@pytest.mark.parametrize("name", ["demo", "muse_valence", "muse_arousal"])
+def test_shipped_study_files_are_valid(name):
+    spec = load_study_file(REPO / "studies" / f"{name}.yaml")
+    assert spec.trials >= 12 and spec.space.feature_sets()
