@@ -52,18 +52,24 @@ class FrameInputs:
         self.labels = _tensor(np.ascontiguousarray(corpus.labels[:, columns]), self.device)
 
     def batch(self, starts: np.ndarray, lengths: np.ndarray, with_labels: bool = True) -> Batch:
-        longest = int(lengths.max())
-        steps = torch.arange(longest)
-        lengths_t = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
-        mask = steps[None, :] < lengths_t[:, None]
-        frames = torch.from_numpy(np.asarray(starts, dtype=np.int64))[:, None] + torch.where(mask, steps, 0)
+        frames, mask, packed_lengths = window_frames(starts, lengths)
         frames, mask = frames.to(self.device), mask.to(self.device)
         flat = frames.flatten()
         x = torch.cat([block.index_select(0, flat) for block in self.blocks], dim=-1).view(*frames.shape, -1)
         x.sub_(self.mean).mul_(self.inv_std).mul_(mask[..., None])  # in place: x is the largest tensor of a step
         y = self.labels.index_select(0, flat).view(*frames.shape, -1) if with_labels else None
-        full = bool((lengths_t == longest).all())
-        return Batch(x, y, mask, None if full else lengths_t, frames)
+        return Batch(x, y, mask, packed_lengths, frames)
+
+
+def window_frames(starts: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Frame indices (B, L) of windows given as (start, length), padding masked (and clamped to the
+    window's first frame), and the lengths the model needs, or None when every window fills L."""
+    lengths_t = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+    longest = int(lengths_t.max())
+    steps = torch.arange(longest)
+    mask = steps[None, :] < lengths_t[:, None]
+    frames = torch.from_numpy(np.asarray(starts, dtype=np.int64))[:, None] + torch.where(mask, steps, 0)
+    return frames, mask, None if bool((lengths_t == longest).all()) else lengths_t
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

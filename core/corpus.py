@@ -34,7 +34,8 @@ class Corpus:
     stats: dict[str, tuple[np.ndarray, np.ndarray]]  # name or "seg_id" -> train mean and std per column
     labels: np.ndarray  # (frames with labels, T): train and devel, plus test only if loaded with test labels
     has_test_labels: bool
-    fingerprint: str  # content of the selected sets, labels (not test's) and partition: provenance
+    fingerprint: str  # content of the loaded sets, labels (not test's) and partition: provenance
+    content_hashes: dict[str, str] = field(default_factory=dict)  # "features:<set>" / "labels:<target>"
     nonfinite: dict[str, int] = field(default_factory=dict)  # feature set -> cells that were NaN or inf
     parsed: tuple[str, ...] = ()  # cache entries this load built from CSV (empty: all from the cache)
 
@@ -44,6 +45,11 @@ class Corpus:
     def frames(self, partition: str) -> slice:
         first, stop = self.partition_videos[partition]
         return slice(int(self.offsets[first]), int(self.offsets[stop]))
+
+    def fingerprint_of(self, feature_sets, targets) -> str:
+        """The fingerprint a corpus of just these feature sets and targets would have."""
+        split = {p: self.video_ids[slice(*self.partition_videos[p])].tolist() for p in PARTITIONS}
+        return _fingerprint(split, self.content_hashes, tuple(feature_sets), tuple(targets))
 
     def labels_of(self, partition: str) -> np.ndarray:
         if partition == "test" and not self.has_test_labels:
@@ -121,17 +127,25 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
             values[rows, cols] = stats[name][0][cols]
     stats["seg_id"] = _train_stats(segment_ids[train, None].astype(np.float32))
 
-    digest = hashlib.sha1(repr([(p, split[p]) for p in PARTITIONS]).encode())
-    for name in feature_sets:
-        digest.update(features[name][0]["content_hash"].encode())
-    for target, h in zip(targets, label_hashes):
-        digest.update(f"{target}:{h}".encode())
+    hashes = {f"features:{n}": features[n][0]["content_hash"] for n in feature_sets}
+    hashes |= {f"labels:{t}": h for t, h in zip(targets, label_hashes)}
     return Corpus(
         root=str(root), feature_sets=feature_sets, targets=targets,
         video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets, partition_videos=partition_videos,
         timestamps=timestamps, segment_ids=segment_ids,
         features={n: values for n, (_, values) in features.items()}, stats=stats, labels=labels,
-        has_test_labels=test_labels, fingerprint=digest.hexdigest()[:16], nonfinite=gaps, parsed=tuple(parsed))
+        has_test_labels=test_labels, fingerprint=_fingerprint(split, hashes, feature_sets, targets),
+        content_hashes=hashes, nonfinite=gaps, parsed=tuple(parsed))
+
+
+def _fingerprint(split: dict[str, list[int]], hashes: dict[str, str], feature_sets: tuple[str, ...],
+                 targets: tuple[str, ...]) -> str:
+    digest = hashlib.sha1(repr([(p, list(split[p])) for p in PARTITIONS]).encode())
+    for name in feature_sets:
+        digest.update(hashes[f"features:{name}"].encode())
+    for target in targets:
+        digest.update(f"{target}:{hashes[f'labels:{target}']}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _check_names(root: Path, feature_sets: tuple[str, ...], targets: tuple[str, ...], nonfinite: str) -> None:

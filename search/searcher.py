@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
+from search.space import format_params
 from search.study import counts_against_budget
 from search.study_file import StudySpec
 
@@ -138,10 +139,6 @@ class StudySearcher(Searcher):
         except ValueError:
             best_text = "no complete trial yet"
         shown = f"{value:.4f}" if value is not None else "  -   "
-        shown_params = " ".join(f"{k}={_short(v)}" for k, v in params.items())
         self.log(f"trial {number:4d} {state.name:8s} {shown} | {best_text} | {attrs['epochs_run']} epochs "
-                 f"{attrs['wall_time_s']:.0f}s {attrs['stop_reason']} | {shown_params}")
+                 f"{attrs['wall_time_s']:.0f}s {attrs['stop_reason']} | {format_params(params)}")
 
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -72,6 +72,11 @@ class Param:
         return out | ({"step": self.step} if self.step else {}) | ({"log": True} if self.log else {})
 
 
+def format_params(params: dict) -> str:
+    """Sampled parameters on one line, floats to 3 significant digits."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def encode(feature_sets) -> str:
     return SEP.join(feature_sets)
 

@@ -71,7 +71,7 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
 
     name = o.get("study", doc.get("study"))
     _need(isinstance(name, str) and name.strip() != "", "study", "give the study a name", name)
-    targets = doc.get("target")
+    targets = o.get("target", doc.get("target"))
     targets = [targets] if isinstance(targets, str) else targets
     _need(isinstance(targets, list) and targets and set(targets) <= set(TARGETS), "target",
           f"one of {', '.join(TARGETS)} or a list of them", targets)
