@@ -1,12 +1,22 @@
 """Errors a user can act on: each message names the file, field or setting at fault."""
+import sys
+from collections.abc import Callable
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """Bad input a user can fix; a command prints it as one line and exits with status 2."""
+
+
+class DataError(UserError, ValueError):
     """A data set file or folder is missing or malformed."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training or study setting is invalid."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss or the predictions stopped being finite numbers (settings that cannot train, e.g. lr 1e3)."""
 
 
 class TestLabelsLocked(PermissionError):
@@ -15,5 +25,11 @@ class TestLabelsLocked(PermissionError):
     __test__ = False  # a name pytest would otherwise collect
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the predictions stopped being finite numbers."""
+def run_command(body: Callable[[], object]) -> int:
+    """A command's exit status: 0, or 2 after one 'error: ...' line for a UserError."""
+    try:
+        body()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

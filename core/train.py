@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from core.batching import FrameInputs
 from core.corpus import Corpus, load_corpus
-from core.errors import ConfigError, DataError, TrainingDiverged
+from core.errors import ConfigError, TrainingDiverged, run_command
 from core.metrics import LOSSES, ccc, loss_count, loss_sum
 from core.model import RNN_TYPES, Model, ModelConfig
 from core.muse_files import TARGETS
@@ -295,16 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="write the best model and its devel/test predictions here")
     add_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_flags(args)
-        cfg.check()
-        corpus = load_corpus(args.data, cfg.feature_set, cfg.emo_dim_set, nonfinite=args.nonfinite,
-                             cache_dir=args.cache_dir)
-        print(corpus.describe(), flush=True)
-        result = train(corpus, cfg, device=args.device, log=lambda line: print(line, flush=True))
-    except (ConfigError, DataError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _train_command(args))
+
+
+def _train_command(args: argparse.Namespace) -> None:
+    cfg = config_from_flags(args)
+    cfg.check()
+    corpus = load_corpus(args.data, cfg.feature_set, cfg.emo_dim_set, nonfinite=args.nonfinite,
+                         cache_dir=args.cache_dir)
+    print(corpus.describe(), flush=True)
+    result = train(corpus, cfg, device=args.device, log=lambda line: print(line, flush=True))
     summary = result.summary()
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
@@ -317,8 +317,6 @@ def main(argv: list[str] | None = None) -> int:
             write_predictions(args.save, corpus, partition, preds, cfg.emo_dim_set)
         summary["saved"] = str(args.save)
     print(json.dumps(summary))
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ chosen config and every fusion; a rerun shows that stored result instead of choo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.corpus import Corpus, load_corpus
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, run_command
 from core.metrics import ccc
 from core.predict import write_predictions
 from search.fusion import Fused, Stream, Videos, lstm_fusion, weighted_by_ccc, weighted_fitted
@@ -32,7 +33,7 @@ from search.results_db import FusionResult, PredictionFile, TestEvaluation, code
 from search.retrain import Candidate, SeedRun, retrain, top_configs
 from search.run_study import ensure_ray
 from search.space import SearchSpace, format_params
-from search.storage import StorageError, mask, open_storage
+from search.storage import mask, open_storage
 from search.study_file import DEFAULT_STORAGE
 
 
@@ -281,7 +282,8 @@ def _scores(values: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True)
-    parser.add_argument("--storage", default=DEFAULT_STORAGE)
+    parser.add_argument("--storage", default=os.environ.get("MUSE_STORAGE", DEFAULT_STORAGE),
+                        help="the study's storage URL (default: $MUSE_STORAGE, else %(default)s)")
     parser.add_argument("--top-k", type=int, default=5, help="distinct configs to retrain (default 5)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per config (default 5)")
     parser.add_argument("--fuse", nargs="+", default=[], metavar="STUDY",
@@ -292,20 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="data root (default: the study's)")
     parser.add_argument("--cpu", type=float, help="CPUs per run (default: the study's)")
     parser.add_argument("--gpu", type=float, help="GPUs per run (default: the study's)")
-    parser.add_argument("--ray-address", help="join this Ray cluster; default: a local Ray")
+    parser.add_argument("--ray-address", help="join this Ray cluster; default: $RAY_ADDRESS, else a local Ray")
     parser.add_argument("--out", type=Path, default=Path("runs/retrain"), help="where predictions and reports go")
     parser.add_argument("--new-test-evaluation", action="store_true",
                         help="score test again although it was scored for this study (recorded)")
     args = parser.parse_args(argv)
-    try:
-        retrain_best(args.study, args.storage, top_k=args.top_k, seeds=args.seeds, fuse=args.fuse,
-                     inputs_from=args.inputs_from, epochs=args.epochs, data=args.data, cpu=args.cpu, gpu=args.gpu,
-                     ray_address=args.ray_address, out_dir=args.out, new_test_evaluation=args.new_test_evaluation,
-                     log=lambda line: print(line, flush=True))
-    except (ConfigError, DataError, StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: retrain_best(
+        args.study, args.storage, top_k=args.top_k, seeds=args.seeds, fuse=args.fuse, inputs_from=args.inputs_from,
+        epochs=args.epochs, data=args.data, cpu=args.cpu, gpu=args.gpu, ray_address=args.ray_address,
+        out_dir=args.out, new_test_evaluation=args.new_test_evaluation, log=lambda line: print(line, flush=True)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +25,10 @@ from optuna.trial import TrialState
 from ray import tune
 
 from core.corpus import load_corpus
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, run_command
+from search.dashboard import serve
 from search.searcher import METRIC, RecordingASHA, StudySearcher
-from search.storage import StorageError, mask, open_storage
+from search.storage import mask, open_storage
 from search.study import open_study
 from search.study_file import StudySpec, load_study_file
 from search.trainable import objective
@@ -41,7 +41,7 @@ def ensure_ray(address: str | None, log: Callable[[str], None]) -> None:
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         # "local" starts a Ray of this process' own, even where another Ray runs on the machine
-        ray.init(address=address or "local", **kwargs)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
     except ConnectionError as e:
         raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e})") from None
     resources = ray.cluster_resources()
@@ -69,16 +69,10 @@ def trial_resources(spec: StudySpec, log: Callable[[str], None]) -> tuple[dict, 
     return {"cpu": spec.cpu, "gpu": gpu}, concurrent
 
 
-def start_dashboard(url: str, port: int, log: Callable[[str], None], host: str = "127.0.0.1") -> None:
-    import optuna_dashboard
-
-    threading.Thread(target=optuna_dashboard.run_server, args=(url,), kwargs={"host": host, "port": port},
-                     name="optuna-dashboard", daemon=True).start()
-    log(f"optuna-dashboard: http://{host}:{port}/")
-
-
 def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None = None,
-              dashboard_port: int | None = None, log: Callable[[str], None] = print) -> dict:
+              dashboard_port: int | None = None, log: Callable[[str], None] = print,
+              trial_fn: Callable = objective) -> dict:
+    """Run or resume the study; trial_fn(config, corpus_ref) is one trial (the scale benchmark swaps it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     storage = open_storage(spec.storage)
     corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite)
@@ -89,7 +83,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         ensure_ray(ray_address, log)
         resources, concurrent = trial_resources(spec, log)
         if dashboard_port:
-            start_dashboard(spec.storage, dashboard_port, log)
+            serve(spec.storage, dashboard_port, log=log, background=True)
         if spec.pruner == "asha":
             scheduler = RecordingASHA(time_attr="training_iteration", metric=METRIC, mode="max",
                                       max_t=spec.max_epochs, grace_period=spec.grace_period,
@@ -103,7 +97,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         del corpus
         log(f"study {spec.name!r}: up to {spec.trials} trials of at most {spec.max_epochs} epochs, "
             f"{concurrent} at a time ({resources['cpu']:g} CPU, {resources['gpu']:g} GPU each)")
-        trainable = tune.with_resources(functools.partial(objective, corpus_ref=corpus_ref), resources)
+        trainable = tune.with_resources(functools.partial(trial_fn, corpus_ref=corpus_ref), resources)
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no CCC
         ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
@@ -146,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study_file", type=Path)
     parser.add_argument("--study", help="study name (overrides the file's)")
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/studies.db)")
+    parser.add_argument("--storage", default=os.environ.get("MUSE_STORAGE"),
+                        help="Optuna storage URL (default: $MUSE_STORAGE, else the study file's, else "
+                             "sqlite:///runs/studies.db)")
     parser.add_argument("--data", help="MuSe data root (overrides data.root)")
     parser.add_argument("--trials", type=int, help="budget: trials in the study, those already there included")
     parser.add_argument("--max-epochs", type=int)
@@ -156,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pruner", help="asha or none")
     parser.add_argument("--cpu", type=float, help="CPUs per trial")
     parser.add_argument("--gpu", type=float, help="GPUs per trial (fractions share a GPU)")
-    parser.add_argument("--ray-address", help="join this Ray cluster (auto, or host:port); default: local Ray")
+    parser.add_argument("--ray-address", help="join this Ray cluster (auto, or host:port); default: $RAY_ADDRESS, "
+                                              "else a local Ray of this process")
     parser.add_argument("--dashboard", type=int, nargs="?", const=8080, metavar="PORT",
                         help="also serve optuna-dashboard on this port (default 8080)")
     parser.add_argument("--force", action="store_true",
@@ -164,14 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "wall_time_s",
                                                  "sampler", "seed", "pruner", "cpu", "gpu")}
-    try:
-        spec = load_study_file(args.study_file, overrides)
-        run_study(spec, force=args.force, ray_address=args.ray_address, dashboard_port=args.dashboard,
-                  log=lambda line: print(line, flush=True))
-    except (ConfigError, DataError, StorageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run_study(load_study_file(args.study_file, overrides), force=args.force,
+                                          ray_address=args.ray_address, dashboard_port=args.dashboard,
+                                          log=lambda line: print(line, flush=True)))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ Only this searcher, in the driver, writes to the storage.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import optuna
 from optuna.trial import TrialState
@@ -19,10 +21,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from search.space import format_params
+from search.storage import mask, retrying
 from search.study import counts_against_budget
 from search.study_file import StudySpec
 
 METRIC = "best_devel_ccc"
+T = TypeVar("T")
 
 
 class RecordingASHA(ASHAScheduler):
@@ -63,16 +67,15 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.deadline and time.time() > self.deadline:
             return Searcher.FINISHED
-        start = time.perf_counter()
-        if sum(counts_against_budget(t) for t in self.study.get_trials(deepcopy=False)) >= self.spec.trials:
+        trials = self._storage(lambda: self.study.get_trials(deepcopy=False))
+        if sum(counts_against_budget(t) for t in trials) >= self.spec.trials:
             return Searcher.FINISHED
-        trial = self.study.ask()
-        cfg = self.spec.space.suggest(trial)
-        for key, value in {"driver": self.driver_id, "ray_trial_id": trial_id, "seed": cfg.seed,
-                           "data_fingerprint": self.fingerprint, "train_config": cfg.to_dict()}.items():
-            trial.set_user_attr(key, value)
+        trial = self._storage(self.study.ask)
+        cfg = self._storage(lambda: self.spec.space.suggest(trial))
+        attrs = {"driver": self.driver_id, "ray_trial_id": trial_id, "seed": cfg.seed,
+                 "data_fingerprint": self.fingerprint, "train_config": cfg.to_dict()}
+        self._storage(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
         self.running[trial_id] = Running(trial, time.time())
-        self.storage_s += time.perf_counter() - start
         return {"trial_number": trial.number, "train": cfg.to_dict()}
 
     def save(self, checkpoint_path: str) -> None:
@@ -88,7 +91,6 @@ class StudySearcher(Searcher):
         run = self.running.pop(trial_id, None)
         if run is None:
             return
-        start = time.perf_counter()
         if result:  # the result on which the scheduler stopped a trial reaches the searcher only here
             self._record(run, result)
         last = run.last
@@ -114,27 +116,39 @@ class StudySearcher(Searcher):
         if value is not None:
             attrs |= {"best_epoch": int(last["best_epoch"]),
                       "devel_ccc": {t: last[f"best_devel_ccc_{t}"] for t in self.spec.targets}}
-        for key, attr in attrs.items():
-            run.trial.set_user_attr(key, attr)
-        self.study.tell(run.trial, value if state == TrialState.COMPLETE else None, state=state)
-        self.storage_s += time.perf_counter() - start
+        self._storage(lambda: [run.trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self._storage(lambda: self.study.tell(run.trial, value if state == TrialState.COMPLETE else None,
+                                              state=state, skip_if_finished=True))
         self.told.append(run.trial.number)
-        self._progress(run.trial.number, state, value, attrs, run.trial.params)
+        self._progress(run.trial.number, state, value, attrs, self._storage(lambda: run.trial.params))
 
     def _record(self, run: Running, result: dict) -> None:
         """Each epoch's best-so-far devel CCC becomes the trial's intermediate value, once."""
         run.seen = result
         if METRIC not in result or len(run.history) >= result["epoch"]:
             return
-        start = time.perf_counter()
-        run.trial.report(result[METRIC], step=int(result["epoch"]))
-        self.storage_s += time.perf_counter() - start
+        self._storage(lambda: run.trial.report(result[METRIC], step=int(result["epoch"])))
         run.history.append(result["devel_ccc"])
         run.last = result
 
+    def _storage(self, call: Callable[[], T]) -> T:
+        """Every storage call goes through here: timed for the overhead benchmark, retried if the
+        connection drops (PostgreSQL restarted, a proxy closed it)."""
+        start = time.perf_counter()
+        try:
+            return retrying(call, self.log)
+        finally:
+            self.storage_s += time.perf_counter() - start
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its searcher to disk for Tuner.restore, which resuming here does not use (the
+        study is the record): leave out the study, whose storage URL may hold a password."""
+        return self.__dict__ | {"study": None, "running": {},
+                                "spec": dataclasses.replace(self.spec, storage=mask(self.spec.storage))}
+
     def _progress(self, number: int, state: TrialState, value: float | None, attrs: dict, params: dict) -> None:
         try:
-            best = self.study.best_trial
+            best = self._storage(lambda: self.study.best_trial)
             best_text = f"best {best.value:.4f} (#{best.number})"
         except ValueError:
             best_text = "no complete trial yet"

@@ -7,16 +7,23 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+from core.errors import UserError
+
 CONNECT_TIMEOUT_S = 5
+RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # then the error stands: the storage is really gone
+T = TypeVar("T")
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """The study storage cannot be reached, opened or written."""
 
 
@@ -41,7 +48,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         _prepare_sqlite(parsed.database, url)
         engine_kwargs["connect_args"] = {"timeout": 30}  # wait for a busy writer instead of failing
     elif parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "muse-search"}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
@@ -64,3 +71,36 @@ def _prepare_sqlite(database: str | None, url: str) -> None:
     # WAL lets the dashboard read while the driver writes; the mode is stored in the file itself.
     with sqlite3.connect(path) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
+
+
+def retrying(call: Callable[[], T], log: Callable[[str], None] = print) -> T:
+    """call(), again after a lost connection (the pool's pre-ping then hands out a fresh one).
+
+    Only for calls that are safe to repeat: Optuna's writes are (a param or attribute set twice
+    keeps its value; tell is called with skip_if_finished).
+    """
+    for wait in RETRY_WAITS_S:
+        try:
+            return call()
+        except Exception as e:  # Optuna wraps the driver's error in StorageInternalError
+            if not _lost_connection(e):
+                raise
+            log(f"storage connection lost ({_first_line(e)}); retrying in {wait:g} s")
+            time.sleep(wait)
+    return call()
+
+
+def _lost_connection(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                              sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.PendingRollbackError)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__

@@ -10,6 +10,7 @@ import yaml
 from core.errors import ConfigError
 from core.muse_files import TARGETS
 from search.space import SearchSpace
+from search.storage import mask
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("asha", "none")
@@ -109,8 +110,9 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     fixed |= {"emo_dim_set": list(targets), "epochs": max_epochs}
     space = SearchSpace(_section(doc, "space"), fixed)
 
-    document = doc | {"study": name, "storage": o.get("storage", doc.get("storage", DEFAULT_STORAGE))}
-    return StudySpec(name=name, storage=document["storage"], data_root=root, targets=tuple(targets), trials=trials,
+    storage = o.get("storage", doc.get("storage", DEFAULT_STORAGE))
+    document = doc | {"study": name, "storage": mask(storage)}  # stored in the study: no password
+    return StudySpec(name=name, storage=storage, data_root=root, targets=tuple(targets), trials=trials,
                      max_epochs=max_epochs, space=space, wall_time_s=wall, nonfinite=data.get("nonfinite", "mean"),
                      sampler=sampler_name, seed=seed, pruner=pruner_name, grace_period=grace,
                      reduction_factor=factor, cpu=float(cpu), gpu=float(gpu), max_concurrent=concurrent,

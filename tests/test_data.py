@@ -1,5 +1,4 @@
 """The data layer: reading the MuSe layout, the cache, the test-label lockout, windows, and every bad input."""
-import os
 import time
 
 import numpy as np

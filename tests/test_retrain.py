@@ -20,7 +20,7 @@ from search.retrain_best import retrain_best
 from search.run_study import run_study
 from search.storage import StorageError
 from search.study_file import load_study_file
-from search_helpers import study_file
+from helpers import open_page, study_file
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_STUDY = dict(target="valence", pruner={"name": "none"}, budget={"trials": 5, "max_epochs": 3})
@@ -125,12 +125,7 @@ def test_report_renders_its_plots_in_chromium(evaluated, tmp_path):
     from playwright.sync_api import sync_playwright
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        browser, page = open_page(p, errors)
         page.goto(Path(evaluated["report"]).as_uri())
         page.wait_for_selector(".plotly-graph-div .main-svg")
         plots = page.locator(".plotly-graph-div")

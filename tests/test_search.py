@@ -1,18 +1,14 @@
 """The search service: study files, the space, and real studies on real Ray, SQLite and PostgreSQL."""
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from core.errors import ConfigError, DataError
@@ -20,10 +16,9 @@ from core.muse_files import label_file, read_partition
 from search.run_study import run_study
 from search.space import SearchSpace
 from search.study_file import load_study_file
-from search_helpers import BASE, merge, study_file
+from helpers import POSTGRES, free_port, get_json, study_file
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES = os.environ.get("MUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def sqlite(tmp_path) -> str:
@@ -222,14 +217,14 @@ def test_a_study_of_that_name_defined_differently_is_refused_unless_forced(finis
 
 
 def test_dashboard_serves_the_study_over_http(finished_study):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), finished_study["storage"],
                                "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        studies = _get_json(f"http://127.0.0.1:{port}/api/studies", wait=30)["study_summaries"]
+        studies = get_json(f"http://127.0.0.1:{port}/api/studies", wait=30)["study_summaries"]
         study_id = next(s["study_id"] for s in studies if s["study_name"] == "tiny")
-        detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}")
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{study_id}")
         stored = {t.number: t for t in finished_study["study"].trials}
         assert len(detail["trials"]) == len(stored)
         for trial in detail["trials"]:
@@ -311,24 +306,6 @@ def test_kill_9_of_the_driver_then_the_same_command_resumes(tiny_root, tmp_path)
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
     old = [t.params for t in before if t.state == TrialState.COMPLETE or t.number in running]
     assert all(t.params not in old for t in after if t.number >= len(before))  # reseeded: no replay
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str, wait: float = 0) -> dict:
-    deadline = time.time() + wait
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.loads(response.read())
-        except OSError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)
 
 
 @pytest.mark.parametrize("name", ["demo", "muse_valence", "muse_arousal"])

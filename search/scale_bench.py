@@ -1,0 +1,79 @@
+"""The driver's and the storage's cost per trial, without training: trials that report made-up
+devel CCCs go through the same path as real ones (Ray Tune, ASHA, the searcher, Optuna's storage).
+
+    python -m search.scale_bench [--storage postgresql://postgres@127.0.0.1:5432/test] [--trials 500]
+
+Prints finished trials (tells) per second, the driver's CPU use, and the storage's commits per trial
+(PostgreSQL's own counter), which bound how many drivers and trials one database can serve.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import psycopg
+from ray import tune
+from sqlalchemy.engine import make_url
+
+from core.synthetic import generate
+from search.run_study import run_study
+from search.study_file import load_study_file
+
+EPOCHS = 3
+
+
+def fake_trial(config: dict, corpus_ref) -> None:
+    """Reports EPOCHS made-up epochs at once, with the keys a real trial reports."""
+    rng = random.Random(config["trial_number"])
+    best, started = 0.0, time.time()
+    for epoch in range(1, EPOCHS + 1):
+        value = rng.random()
+        best = max(best, value)
+        tune.report({"epoch": epoch, "devel_ccc": value, "best_devel_ccc": best, "best_epoch": epoch,
+                     "best_devel_ccc_valence": best, "train_loss": 1 - value, "final": epoch == EPOCHS,
+                     "stop_reason": "max_epochs" if epoch == EPOCHS else None, "started_at": started,
+                     "device": "cpu", "gpu_ids": []})
+
+
+def commits(url: str) -> int:
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as db:
+        return db.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--trials", type=int, default=500)
+    parser.add_argument("--cpu", type=float, default=0.25, help="CPUs per (fake) trial: how many run at once")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="muse-scale-")) / "muse"
+    generate(root, videos=6, seed=0, feature_dims={"egemaps": 4}, min_frames=60, max_frames=80)
+    name = f"scale-{uuid.uuid4().hex[:8]}"
+    spec = load_study_file("studies/demo.yaml", {"storage": args.storage, "data": str(root), "study": name,
+                                                 "trials": args.trials, "max_epochs": EPOCHS, "cpu": args.cpu})
+    before_commits, before_cpu = commits(args.storage), resource.getrusage(resource.RUSAGE_SELF)
+    start = time.time()
+    summary = run_study(spec, log=lambda line: None, trial_fn=fake_trial)
+    wall = time.time() - start
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    driver_cpu = (cpu.ru_utime - before_cpu.ru_utime) + (cpu.ru_stime - before_cpu.ru_stime)
+    per_trial = (commits(args.storage) - before_commits) / summary["trials"]
+    optuna.delete_study(study_name=name, storage=args.storage)
+    print(f"{'trials (fake, 3 epochs each)':44s} {summary['trials']}  {summary['states']}")
+    print(f"{'wall time, s':44s} {wall:.1f}")
+    print(f"{'tells per second':44s} {summary['trials'] / wall:.2f}")
+    print(f"{'driver CPU, % of one core':44s} {100 * driver_cpu / wall:.0f}")
+    print(f"{'driver CPU per trial, ms':44s} {1000 * driver_cpu / summary['trials']:.0f}")
+    print(f"{'storage time in the searcher per trial, ms':44s} {1000 * summary['storage_s'] / summary['trials']:.0f}")
+    print(f"{'database commits per trial (all clients)':44s} {per_trial:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Beyond one driver: two drivers on one PostgreSQL study, dropped connections, the dashboard reading
+SQLite while a study writes, passwords kept out of everything written, the dashboard in Chromium."""
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import psycopg
+import pytest
+from optuna.trial import TrialState
+
+from search.dashboard import serve
+from search.retrain_best import retrain_best
+from search.run_study import run_study
+from search.storage import StorageError
+from search.study_file import load_study_file
+from helpers import POSTGRES, free_port, get_json, open_page, study_file
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_STUDY = [sys.executable, str(REPO / "search" / "run_study.py")]
+
+
+@pytest.fixture
+def pg_study():
+    """A fresh study name in the machine's PostgreSQL, deleted afterwards."""
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+    except KeyError:
+        pass
+
+
+def test_two_drivers_share_one_postgresql_study(tiny_root, tmp_path, pg_study):
+    path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
+                      sampler={"name": "tpe", "seed": 0}, budget={"trials": 8, "max_epochs": 2})
+    drivers = [subprocess.Popen(RUN_STUDY + [str(path)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [d.communicate(timeout=600)[0] for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], outputs
+    trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # no duplicate numbers
+    # each driver runs 2 trials at once: at most 3 more than the budget may start in the race for the last one
+    assert 8 <= len(trials) <= 8 + 3
+    assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
+    assert len({t.user_attrs["driver"] for t in trials}) == 2
+    told = [int(n) for out in outputs for n in re.findall(r"^trial +(\d+) ", out, re.M)]
+    assert sorted(told) == sorted(t.number for t in trials)  # each trial told once, by its own driver
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)  # the second driver did not replay the first one's proposals
+
+
+def test_dropped_postgresql_connections_lose_nothing(tiny_root, tmp_path, pg_study):
+    path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
+                      budget={"trials": 6, "max_epochs": 3})
+    driver = subprocess.Popen(RUN_STUDY + [str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    killed, before = 0, {}
+    with psycopg.connect(POSTGRES, autocommit=True, application_name="pytest-killer") as admin:
+        while driver.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+            except KeyError:
+                continue
+            if any(t.state == TrialState.COMPLETE for t in trials):
+                before = before or {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
+                killed += admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                        "WHERE application_name = 'muse-search'").fetchone()[0]
+    output = driver.stdout.read()
+    assert driver.returncode == 0, output[-3000:]
+    assert killed > 0, "the driver's connections were terminated while it ran"
+    trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] for t in trials)
+    for number, value in before.items():
+        assert trials[number].value == value
+
+
+def test_sqlite_with_the_dashboard_polling_while_the_study_writes(ray_cluster, tiny_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    path = study_file(tmp_path, tiny_root, storage, study="polled", budget={"trials": 6, "max_epochs": 3})
+    port = free_port()
+    log = []
+    serve(storage, port, log=log.append, background=True)
+    statuses, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                for summary in get_json(f"http://127.0.0.1:{port}/api/studies", wait=5)["study_summaries"]:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}") as r:
+                        statuses.append(r.status)
+            except urllib.error.HTTPError as e:
+                statuses.append(e.code)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        run_study(load_study_file(path), log=log.append)
+    finally:
+        stop.set()
+        poller.join()
+    assert "no studies in" in log[0]  # the dashboard started before the study existed, and said so
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert not any("locked" in line for line in log)
+    assert len(optuna.load_study(study_name="polled", storage=storage).trials) == 6
+
+
+def test_a_password_in_the_storage_url_is_never_written_anywhere(ray_cluster, tiny_root, tmp_path, pg_study):
+    secret = "s3cret-" + uuid.uuid4().hex[:6]
+    url = POSTGRES.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")  # trust auth ignores it
+    assert secret in url
+    path = study_file(tmp_path, tiny_root, url, study=pg_study, pruner={"name": "none"},
+                      budget={"trials": 2, "max_epochs": 2})
+    log = []
+    run_study(load_study_file(path), log=log.append)
+    out = retrain_best(pg_study, url, top_k=1, seeds=1, out_dir=tmp_path / "retrain", log=log.append)
+    assert secret not in "\n".join(log)
+    study = optuna.load_study(study_name=pg_study, storage=POSTGRES)
+    assert secret not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
+    written = [p for p in list((tmp_path / "retrain").rglob("*")) + list(Path(os.environ["MUSE_RUNS_DIR"]).rglob("*")) if p.is_file()]
+    assert Path(out["report"]) in written
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+    with psycopg.connect(POSTGRES, autocommit=True) as db:
+        rows = db.execute("SELECT settings::text, report FROM test_evaluations WHERE study = %s", (pg_study,)).fetchall()
+        assert rows and secret not in repr(rows)
+        db.execute("DELETE FROM fusion_results WHERE study = %s", (pg_study,))
+        db.execute("DELETE FROM retrain_predictions WHERE study = %s", (pg_study,))
+        db.execute("DELETE FROM test_evaluations WHERE study = %s", (pg_study,))
+        db.execute("DELETE FROM retrain_runs WHERE study = %s", (pg_study,))
+
+
+def test_the_dashboard_command_serves_the_study_in_chromium(ray_cluster, tiny_root, tmp_path):
+    from playwright.sync_api import sync_playwright
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    run_study(load_study_file(study_file(tmp_path, tiny_root, storage, study="shown",
+                                         budget={"trials": 3, "max_epochs": 2})), log=lambda line: None)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(REPO / "search" / "dashboard.py"), storage, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout.readline().startswith(f"1 study in {storage}: shown")
+        study_id = get_json(f"http://127.0.0.1:{port}/api/studies", wait=30)["study_summaries"][0]["study_id"]
+        errors = []
+        with sync_playwright() as p:
+            browser, page = open_page(p, errors)
+            page.goto(f"http://127.0.0.1:{port}/dashboard/")
+            page.wait_for_selector("text=shown", timeout=30000)
+            page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}/trials")
+            page.wait_for_selector("text=3 Trials", timeout=30000)
+            body = page.inner_text("body")
+            assert "Trial 0" in body and "Trial 2" in body and "Intermediate Values" in body
+            assert "stop_reason" in body and "data_fingerprint" in body
+            page.screenshot(path=str(tmp_path / "dashboard.png"))
+            browser.close()
+        assert errors == []
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_dashboard_command_on_a_storage_that_does_not_answer():
+    out = subprocess.run([sys.executable, str(REPO / "search" / "dashboard.py"),
+                          "postgresql://muse:pw@127.0.0.1:9/studies"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: storage postgresql://muse:***@127.0.0.1:9/studies does not answer")
+
+
+def test_serve_refuses_a_storage_that_is_not_a_database():
+    with pytest.raises(StorageError, match="not a database URL"):
+        serve("nowhere", 8099)
