@@ -2,8 +2,8 @@
 
     python -m search.accuracy_bench [--data data/synthetic] [--storage sqlite:///runs/accuracy.db]
 
-Per target: a search (studies/accuracy.yaml), retrain-best of its top 3 configs with 5 seeds (up to
-60 epochs), and the entry's config with the same 5 seeds; devel and test CCC as mean ± std over
+Per target: a search (studies/accuracy.yaml), retrain-best of its top 2 configs with 5 seeds (up to
+40 epochs), and the entry's config with the same 5 seeds; devel and test CCC as mean ± std over
 seeds. Everything is stored, so a rerun continues where it stopped.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         spec = load_study_file("studies/accuracy.yaml", {"storage": args.storage, "data": args.data, "study": name,
                                                          "target": target})
         run_study(spec)
-        chosen = retrain_best(name, args.storage, top_k=3, seeds=SEEDS, epochs=60, out_dir=args.out)
+        chosen = retrain_best(name, args.storage, top_k=2, seeds=SEEDS, epochs=40, out_dir=args.out)
         entry = entry_runs(args.data, target, args.storage, args.out)
         best = chosen["ranking"].iloc[0]
         rows.append((target, "entry README config", f"{np.mean(entry['devel']):.4f} ± {np.std(entry['devel']):.4f}",

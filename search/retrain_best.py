@@ -135,17 +135,7 @@ def retrain_best(study_name: str, storage: str = DEFAULT_STORAGE, *, top_k: int 
     chosen_key = primary_rows.iloc[0]["config_key"]
     chosen = next(c for c in candidates[study_name] if c.key == chosen_key)
     devel_labels = corpus.labels_of("devel")[:, [corpus.targets.index(t) for t in targets]]
-    videos = Videos(_bounds(corpus, "devel"), _bounds(corpus, "test"))
-    streams = [s for name in names for c in candidates[name] if runs.get(c.key)
-               for s in _stream(c, runs[c.key], extra=name not in (study_name, *fuse))]
-    fusions = [_seed_ensemble(chosen, runs[chosen.key], targets, devel_labels)]
-    same_target = [s for s in streams if not s.extra and s.target in targets]
-    if len({(s.study, s.config_key) for s in same_target}) > 1:
-        fusions += [weighted_by_ccc(same_target, devel_labels, targets),
-                    weighted_fitted(same_target, devel_labels, targets, videos),
-                    lstm_fusion(streams, devel_labels, targets, videos)]
-    else:
-        log("fusion: one config only, so only its seed ensemble is formed")
+    fusions = fuse_on_devel(chosen, candidates, runs, [study_name, *fuse], corpus, targets, devel_labels, log)
 
     # ---- the one look at test: everything above was chosen and fit on devel ----
     test_labels = _test_labels(root, feature_sets[0], targets, log)
@@ -155,36 +145,11 @@ def retrain_best(study_name: str, storage: str = DEFAULT_STORAGE, *, top_k: int 
     ranking.loc[ranking["config_key"] == chosen_key, [f"test {t}" for t in targets]] = \
         [f"{single_test[t]['mean']:.4f} ± {single_test[t]['std']:.4f}" if t in single_test else "" for t in targets]
 
-    version = code_version()
     settings = {"top_k": top_k, "seeds": seeds, "fuse": list(fuse), "inputs_from": list(inputs_from),
                 "epochs": epochs, "data": root}
-    with Session(engine) as session, session.begin():
-        evaluation = TestEvaluation(study=study_name, settings=settings, ranking=_records(ranking),
-                                    chosen_config_key=chosen_key, chosen_trial=chosen.trial, test_ccc=single_test,
-                                    report=None, code_version=version, data_fingerprint=fingerprints[study_name])
-        session.add(evaluation)
-        session.flush()
-        evaluation_id = evaluation.id
-        folder = out_dir / study_name / f"eval-{evaluation_id}"
-        for f in fusions:
-            session.add(FusionResult(evaluation_id=evaluation_id, study=study_name, method=f.method,
-                                     inputs=[s.describe() for s in f.inputs], weights=f.weights,
-                                     devel_ccc=f.devel_ccc, devel_protocol=f.protocol, test_ccc=fusion_test[f.method],
-                                     code_version=version, data_fingerprint=fingerprints[study_name]))
-            for partition in ("devel", "test"):
-                csv = write_predictions(folder / f.method, corpus, partition, getattr(f, partition), targets)
-                session.add(PredictionFile(study=study_name, evaluation_id=evaluation_id, method=f.method,
-                                           partition=partition, kind="csv", path=str(csv),
-                                           frames=len(getattr(f, partition)), code_version=version,
-                                           data_fingerprint=fingerprints[study_name]))
-        results = _results_table(ranking, chosen, single_test, fusions, fusion_test, targets)
-        best_fusion = max(fusions[1:], key=lambda f: np.mean(list(f.devel_ccc.values())), default=None)
-        report = write_report(folder / "report.html", ReportData(
-            study=primary, storage=mask(storage), evaluation_id=evaluation_id, evaluations_of_study=count + 1,
-            code_version=version, data_fingerprint=fingerprints[study_name], targets=targets, ranking=ranking,
-            seed_scores=seed_scores, results=results, chosen=fusions[0], best_fusion=best_fusion, corpus=corpus,
-            devel_labels=devel_labels, test_labels=test_labels))
-        evaluation.report = str(report)
+    evaluation_id, folder, report, results = record_evaluation(
+        engine, primary, storage, settings, count + 1, ranking, seed_scores, chosen, single_test, fusions,
+        fusion_test, corpus, targets, fingerprints[study_name], devel_labels, test_labels, out_dir)
 
     log(f"chosen config: trial {chosen.trial} of {study_name!r} (best mean devel CCC over {seeds} seeds)")
     log(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -192,6 +157,60 @@ def retrain_best(study_name: str, storage: str = DEFAULT_STORAGE, *, top_k: int 
     log(f"report: {report}")
     return {"evaluation_id": evaluation_id, "reused": False, "report": str(report), "chosen_trial": chosen.trial,
             "test_ccc": single_test, "fusions": fusion_test, "ranking": ranking, "results": results}
+
+
+def fuse_on_devel(chosen: Candidate, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
+                  fused_studies: list[str], corpus: Corpus, targets: tuple[str, ...], labels: np.ndarray,
+                  log: Callable[[str], None]) -> list[Fused]:
+    """The chosen config's seed ensemble, then (given two configs or more) the three fusions; devel only."""
+    streams = [s for name, cs in candidates.items() for c in cs if runs.get(c.key)
+               for s in _stream(c, runs[c.key], extra=name not in fused_studies)]
+    fusions = [_seed_ensemble(chosen, runs[chosen.key], targets, labels)]
+    same_target = [s for s in streams if not s.extra and s.target in targets]
+    if len({(s.study, s.config_key) for s in same_target}) < 2:
+        log("fusion: one config only, so only its seed ensemble is formed")
+        return fusions
+    videos = Videos(_bounds(corpus, "devel"), _bounds(corpus, "test"))
+    return fusions + [weighted_by_ccc(same_target, labels, targets),
+                      weighted_fitted(same_target, labels, targets, videos),
+                      lstm_fusion(streams, labels, targets, videos)]
+
+
+def record_evaluation(engine, study: optuna.Study, storage: str, settings: dict, evaluations_of_study: int,
+                      ranking: pd.DataFrame, seed_scores: pd.DataFrame, chosen: Candidate, single_test: dict,
+                      fusions: list[Fused], fusion_test: dict, corpus: Corpus, targets: tuple[str, ...],
+                      fingerprint: str, devel_labels: np.ndarray, test_labels: np.ndarray | None,
+                      out_dir: Path) -> tuple[int, Path, Path, pd.DataFrame]:
+    """The evaluation, its fusions and their CSV files in the database, and the report: one transaction."""
+    version = code_version()
+    provenance = {"code_version": version, "data_fingerprint": fingerprint}
+    name = study.study_name
+    with Session(engine) as session, session.begin():
+        evaluation = TestEvaluation(study=name, settings=settings, ranking=_records(ranking),
+                                    chosen_config_key=chosen.key, chosen_trial=chosen.trial, test_ccc=single_test,
+                                    report=None, **provenance)
+        session.add(evaluation)
+        session.flush()
+        folder = out_dir / name / f"eval-{evaluation.id}"
+        for f in fusions:
+            session.add(FusionResult(evaluation_id=evaluation.id, study=name, method=f.method,
+                                     inputs=[s.describe() for s in f.inputs], weights=f.weights,
+                                     devel_ccc=f.devel_ccc, devel_protocol=f.protocol, test_ccc=fusion_test[f.method],
+                                     **provenance))
+            for partition in ("devel", "test"):
+                csv = write_predictions(folder / f.method, corpus, partition, getattr(f, partition), targets)
+                session.add(PredictionFile(study=name, evaluation_id=evaluation.id, method=f.method,
+                                           partition=partition, kind="csv", path=str(csv),
+                                           frames=len(getattr(f, partition)), **provenance))
+        results = _results_table(ranking, chosen, single_test, fusions, fusion_test, targets)
+        best_fusion = max(fusions[1:], key=lambda f: np.mean(list(f.devel_ccc.values())), default=None)
+        report = write_report(folder / "report.html", ReportData(
+            study=study, storage=mask(storage), evaluation_id=evaluation.id,
+            evaluations_of_study=evaluations_of_study, code_version=version, data_fingerprint=fingerprint,
+            targets=targets, ranking=ranking, seed_scores=seed_scores, results=results, chosen=fusions[0],
+            best_fusion=best_fusion, corpus=corpus, devel_labels=devel_labels, test_labels=test_labels))
+        evaluation.report = str(report)
+        return evaluation.id, folder, report, results
 
 
 def rank(candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
