@@ -62,7 +62,7 @@ class StudySearcher(Searcher):
         self.deadline = time.time() + spec.wall_time_s if spec.wall_time_s else None
         self.running: dict[str, Running] = {}
         self.told: list[int] = []
-        self.storage_s = 0.0  # time spent writing to the storage, for the overhead benchmark
+        self.storage_s = 0.0  # time spent in storage calls, for the overhead benchmark
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.deadline and time.time() > self.deadline:

@@ -240,7 +240,7 @@ def test_dashboard_serves_the_study_over_http(finished_study):
 
 def test_fractional_gpus_pack_four_trials_on_one_gpu(ray_cluster, tiny_root, tmp_path):
     path = study_file(tmp_path, tiny_root, sqlite(tmp_path), study="packing", pruner={"name": "none"},
-                      budget={"trials": 8, "max_epochs": 6}, resources={"cpu": 0.25, "gpu": 0.25})
+                      budget={"trials": 8, "max_epochs": 10}, resources={"cpu": 0.25, "gpu": 0.25})
     log = []
     run_study(load_study_file(path), log=log.append)
     assert "4 at a time (0.25 CPU, 0.25 GPU each)" in lines_of(log)
