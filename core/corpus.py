@@ -46,6 +46,11 @@ class Corpus:
         first, stop = self.partition_videos[partition]
         return slice(int(self.offsets[first]), int(self.offsets[stop]))
 
+    def bounds(self, partition: str) -> np.ndarray:
+        """Where each video of the partition starts (and the last ends), counted from the partition's first frame."""
+        videos = self.videos(partition)
+        return self.offsets[videos.start:videos.stop + 1] - self.offsets[videos.start]
+
     def fingerprint_of(self, feature_sets, targets) -> str:
         """The fingerprint a corpus of just these feature sets and targets would have."""
         split = {p: self.video_ids[slice(*self.partition_videos[p])].tolist() for p in PARTITIONS}

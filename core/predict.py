@@ -42,7 +42,7 @@ def write_predictions(out_dir: str | Path, corpus: Corpus, partition: str, preds
     frames, videos = corpus.frames(partition), corpus.videos(partition)
     stamps, segments = corpus.timestamps[frames], corpus.segment_ids[frames]
     video_ids = corpus.video_ids[videos.start:videos.stop]
-    bounds = corpus.offsets[videos.start:videos.stop + 1] - frames.start
+    bounds = corpus.bounds(partition)
     for j, target in enumerate(targets):
         folder = out_dir / partition / target
         folder.mkdir(parents=True, exist_ok=True)

@@ -99,19 +99,19 @@ def _seed_spread(data: ReportData) -> go.Figure:
 def _traces(data: ReportData, partition: str, labels: np.ndarray) -> go.Figure:
     """Label, chosen config and best fusion over time, for the three longest videos of the partition."""
     corpus = data.corpus
-    start = corpus.frames(partition).start
-    videos = sorted(sorted(corpus.videos(partition), key=lambda v: corpus.offsets[v] - corpus.offsets[v + 1])[:3])
+    first, bounds = corpus.videos(partition).start, corpus.bounds(partition)
+    videos = sorted(np.argsort(-np.diff(bounds), kind="stable")[:3])  # the three longest, in partition order
     lines = [("label", labels), ("chosen config (seed ensemble)", getattr(data.chosen, partition))]
     if data.best_fusion is not None:
         lines.append((f"fusion: {data.best_fusion.method}", getattr(data.best_fusion, partition)))
     panels = [(k, j, t) for k in videos for j, t in enumerate(data.targets)]
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=False, vertical_spacing=0.06,
-                        subplot_titles=[f"video {corpus.video_ids[k]}: {t}" for k, _, t in panels])
+                        subplot_titles=[f"video {corpus.video_ids[first + k]}: {t}" for k, _, t in panels])
+    seconds = corpus.timestamps[corpus.frames(partition)] / 1000
     for row, (k, j, target) in enumerate(panels, start=1):
-        rows = slice(corpus.offsets[k] - start, corpus.offsets[k + 1] - start)
-        seconds = corpus.timestamps[corpus.offsets[k]:corpus.offsets[k + 1]] / 1000
+        rows = slice(bounds[k], bounds[k + 1])
         for n, (name, values) in enumerate(lines):
-            fig.add_trace(go.Scatter(x=seconds, y=values[rows, j], mode="lines", name=name, legendgroup=name,
+            fig.add_trace(go.Scatter(x=seconds[rows], y=values[rows, j], mode="lines", name=name, legendgroup=name,
                                      showlegend=row == 1, line={"width": 1.5 if n == 0 else 1, "color": COLORS[n]}),
                           row=row, col=1)
         fig.update_yaxes(range=[-1, 1], row=row, col=1)

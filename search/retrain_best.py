@@ -170,7 +170,7 @@ def fuse_on_devel(chosen: Candidate, candidates: dict[str, list[Candidate]], run
     if len({(s.study, s.config_key) for s in same_target}) < 2:
         log("fusion: one config only, so only its seed ensemble is formed")
         return fusions
-    videos = Videos(_bounds(corpus, "devel"), _bounds(corpus, "test"))
+    videos = Videos(corpus.bounds("devel"), corpus.bounds("test"))
     return fusions + [weighted_by_ccc(same_target, labels, targets),
                       weighted_fitted(same_target, labels, targets, videos),
                       lstm_fusion(streams, labels, targets, videos)]
@@ -248,11 +248,6 @@ def _seed_ensemble(c: Candidate, runs: list[SeedRun], targets, labels) -> Fused:
     scores = {t: ccc(devel[:, j], labels[:, j]) for j, t in enumerate(targets)}
     inputs = [s for s in _stream(c, runs, False) if s.target in targets]
     return Fused("seed_ensemble", "mean of the chosen config's seeds; nothing fit", devel, test, scores, None, inputs)
-
-
-def _bounds(corpus: Corpus, partition: str) -> np.ndarray:
-    videos = corpus.videos(partition)
-    return corpus.offsets[videos.start:videos.stop + 1] - corpus.frames(partition).start
 
 
 def _test_labels(root: str, feature_set: str, targets, log) -> np.ndarray | None:
