@@ -223,7 +223,10 @@ def rank(candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
                 continue
             rows.append({"study": name, "trial": c.trial, "config_key": c.key, "search devel": c.search_value,
                          "seeds": scores.size, "devel mean": scores.mean(), "devel std": scores.std(),
-                         "devel min": scores.min(), "run ids": [r.id for r in runs[c.key]],
+                         "devel min": scores.min(),
+                         **{f"devel {t}": np.mean([r.devel_ccc[t] for r in runs[c.key]])
+                            for t in runs[c.key][0].devel_ccc},
+                         "run ids": [r.id for r in runs[c.key]],
                          "params": format_params(c.params)})
             seeds += [{"config": f"{name}#{c.trial}", "seed": r.seed, "devel CCC": r.devel_mean} for r in runs[c.key]]
     ranking = pd.DataFrame(rows).sort_values(["study", "devel mean"], ascending=[True, False], kind="stable")
@@ -272,7 +275,7 @@ def _results_table(ranking, chosen: Candidate, single_test: dict, fusions: list[
                    targets) -> pd.DataFrame:
     row = ranking[ranking["config_key"] == chosen.key].iloc[0]
     rows = [{"model": f"chosen config (trial {chosen.trial}), one seed", "devel protocol": "mean over seeds",
-             **{f"devel {t}": np.nan for t in targets}, "devel mean": row["devel mean"],
+             **{f"devel {t}": row[f"devel {t}"] for t in targets}, "devel mean": row["devel mean"],
              **{f"test {t}": single_test.get(t, {}).get("mean", np.nan) for t in targets}}]
     for f in fusions:
         rows.append({"model": f.method, "devel protocol": f.protocol,

@@ -91,6 +91,8 @@ def test_configs_are_ranked_by_their_mean_over_seeds(studies, evaluated):
     assert evaluation.chosen_trial == best
     assert [r["trial"] for r in evaluation.ranking if r["study"] == "valence"][0] == best
     assert len(evaluated["test_ccc"]["valence"]["per_seed"]) == 2
+    single = evaluated["results"].iloc[0]  # the chosen config's row: its devel score is the mean over seeds
+    assert single["devel valence"] == pytest.approx(np.mean(means[best]))
 
 
 def test_fusions_fit_on_devel_with_weights_summing_to_one(studies, evaluated):
