@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", type=float, default=0.25, help="CPUs per (fake) trial: how many run at once")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="muse-scale-")) / "muse"
-    generate(root, videos=6, seed=0, feature_dims={"egemaps": 4}, min_frames=60, max_frames=80)
+    generate(root, videos=6, seed=0, feature_dims={"egemaps": 4, "vggish": 4, "fasttext": 4}, min_frames=60, max_frames=80)
     name = f"scale-{uuid.uuid4().hex[:8]}"
     spec = load_study_file("studies/demo.yaml", {"storage": args.storage, "data": str(root), "study": name,
                                                  "trials": args.trials, "max_epochs": EPOCHS, "cpu": args.cpu})
