@@ -5,7 +5,6 @@ database), so a retrain that is killed and rerun trains only what is missing.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,19 +89,19 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], corpus_ref: r
             if done:
                 runs[c.key].append(done)
             else:
-                pending[task.remote(corpus_ref, c.config, seed)] = (c, seed, time.time())
+                pending[task.remote(corpus_ref, c.config, seed)] = (c, seed)
     reused = sum(len(v) for v in runs.values())
     log(f"retraining {len(candidates)} config(s) x {len(seeds)} seed(s): {reused} run(s) reused, "
         f"{len(pending)} to train")
     while pending:
         [ready], _ = ray.wait(list(pending), num_returns=1)
-        c, seed, started = pending.pop(ready)
+        c, seed = pending.pop(ready)
         try:
             out = ray.get(ready)
         except ray.exceptions.RayTaskError as e:
             log(f"  {c.study} trial {c.trial} seed {seed}: FAILED, left out ({str(e.cause).splitlines()[0]})")
             continue
-        run = _store_run(engine, c, seed, fingerprint, out, time.time() - started, out_dir)
+        run = _store_run(engine, c, seed, fingerprint, out, out_dir)
         runs[c.key].append(run)
         log(f"  {c.study} trial {c.trial} seed {seed}: devel CCC {run.devel_mean:.4f} "
             f"({out['summary']['epochs_run']} epochs, run {run.id})")
@@ -125,8 +124,7 @@ def _stored_run(engine, c: Candidate, seed: int, fingerprint: str) -> SeedRun | 
                        np.load(folder / "test.npy"))
 
 
-def _store_run(engine, c: Candidate, seed: int, fingerprint: str, out: dict, seconds: float,
-               out_dir: Path) -> SeedRun:
+def _store_run(engine, c: Candidate, seed: int, fingerprint: str, out: dict, out_dir: Path) -> SeedRun:
     summary = out["summary"]
     version = code_version()
     with Session(engine) as session, session.begin():
@@ -139,7 +137,7 @@ def _store_run(engine, c: Candidate, seed: int, fingerprint: str, out: dict, sec
             session.flush()
         row = RetrainRun(study=c.study, trial_number=c.trial, config_key=c.key, config=c.config, seed=seed,
                          devel_ccc=summary["best_devel_ccc"], devel_mean=summary["best_mean_devel_ccc"],
-                         best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=seconds,
+                         best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
                          predictions="", code_version=version, data_fingerprint=fingerprint)
         session.add(row)
         session.flush()
