@@ -137,7 +137,8 @@ def _store_run(engine, c: Candidate, seed: int, fingerprint: str, out: dict, out
             session.flush()
         row = RetrainRun(study=c.study, trial_number=c.trial, config_key=c.key, config=c.config, seed=seed,
                          devel_ccc=summary["best_devel_ccc"], devel_mean=summary["best_mean_devel_ccc"],
-                         best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
+                         best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"],
+                         seconds=summary["seconds"],
                          predictions="", code_version=version, data_fingerprint=fingerprint)
         session.add(row)
         session.flush()

@@ -218,17 +218,16 @@ def rank(candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
     rows, seeds = [], []
     for name in names:
         for c in candidates[name]:
-            scores = np.array([r.devel_mean for r in runs.get(c.key, [])])
-            if scores.size == 0:
+            done = runs.get(c.key, [])
+            if not done:
                 continue
+            scores = np.array([r.devel_mean for r in done])
             rows.append({"study": name, "trial": c.trial, "config_key": c.key, "search devel": c.search_value,
                          "seeds": scores.size, "devel mean": scores.mean(), "devel std": scores.std(),
-                         "devel min": scores.min(),
-                         **{f"devel {t}": np.mean([r.devel_ccc[t] for r in runs[c.key]])
-                            for t in runs[c.key][0].devel_ccc},
-                         "run ids": [r.id for r in runs[c.key]],
-                         "params": format_params(c.params)})
-            seeds += [{"config": f"{name}#{c.trial}", "seed": r.seed, "devel CCC": r.devel_mean} for r in runs[c.key]]
+                         "devel min": scores.min(), **{f"devel {t}": np.mean([r.devel_ccc[t] for r in done])
+                                                       for t in done[0].devel_ccc},
+                         "run ids": [r.id for r in done], "params": format_params(c.params)})
+            seeds += [{"config": f"{name}#{c.trial}", "seed": r.seed, "devel CCC": r.devel_mean} for r in done]
     ranking = pd.DataFrame(rows).sort_values(["study", "devel mean"], ascending=[True, False], kind="stable")
     order = {n: i for i, n in enumerate(names)}
     ranking = ranking.sort_values("study", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
