@@ -54,10 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", type=float, default=0.25, help="CPUs per (fake) trial: how many run at once")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="muse-scale-")) / "muse"
-    generate(root, videos=6, seed=0, feature_dims={"egemaps": 4, "vggish": 4, "fasttext": 4}, min_frames=60, max_frames=80)
     name = f"scale-{uuid.uuid4().hex[:8]}"
     spec = load_study_file("studies/demo.yaml", {"storage": args.storage, "data": str(root), "study": name,
                                                  "trials": args.trials, "max_epochs": EPOCHS, "cpu": args.cpu})
+    # tiny features, but every set the demo space can choose: the trials never look at them
+    generate(root, videos=6, seed=0, feature_dims=dict.fromkeys(spec.space.feature_sets(), 4),
+             min_frames=60, max_frames=80)
     before_commits, before_cpu = commits(args.storage), resource.getrusage(resource.RUSAGE_SELF)
     start = time.time()
     summary = run_study(spec, log=lambda line: None, trial_fn=fake_trial)
