@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.config import TrainConfig
 from core.corpus import Corpus
 from core.errors import ConfigError
 
@@ -21,34 +22,33 @@ class Batch:
 
 
 class FrameInputs:
-    """The chosen feature sets (and segment id) of a corpus, on a device, standardized as configured.
+    """The chosen feature sets (and segment id) of a corpus, on a device, standardized as configured
+    with the statistics of the training videos.
 
     The corpus arrays are moved to the device once; each batch is gathered by index from them and
     standardized on the fly, so no per-run copy of the data set is ever made on the host (several
     trials sharing one corpus through Ray's object store stay at one copy).
     """
 
-    def __init__(self, corpus: Corpus, feature_set: tuple[str, ...], normalize: tuple[str, ...],
-                 add_seg_id: bool, targets: tuple[str, ...], device: torch.device | str = "cpu"):
-        missing = [name for name in feature_set if name not in corpus.features]
+    def __init__(self, corpus: Corpus, cfg: TrainConfig, train_videos: np.ndarray,
+                 device: torch.device | str = "cpu"):
+        missing = [name for name in cfg.feature_set if name not in corpus.features]
         if missing:
             raise ConfigError(f"feature_set: {', '.join(missing)} not loaded (corpus has {', '.join(corpus.features)})")
-        missing = [t for t in targets if t not in corpus.targets]
+        missing = [t for t in cfg.emo_dim_set if t not in corpus.targets]
         if missing:
             raise ConfigError(f"emo_dim_set: {', '.join(missing)} not loaded (corpus has {', '.join(corpus.targets)})")
-        self.device = torch.device(device)
-        blocks = [("seg_id", corpus.segment_ids[:, None].astype(np.float32))] if add_seg_id else []
-        blocks += [(name, corpus.features[name]) for name in feature_set]
-        self.blocks = [_tensor(values, self.device) for _, values in blocks]
-        means, stds = [], []
-        for name, values in blocks:
-            mean, std = corpus.stats[name] if name in normalize else (np.zeros(values.shape[1]), np.ones(values.shape[1]))
-            means.append(mean)
-            stds.append(std)
+        self.corpus, self.device = corpus, torch.device(device)
+        names = (["seg_id"] if cfg.add_seg_id else []) + list(cfg.feature_set)
+        blocks = [corpus.segment_ids[:, None].astype(np.float32) if n == "seg_id" else corpus.features[n] for n in names]
+        self.blocks = [_tensor(values, self.device) for values in blocks]
+        stats = corpus.stats_for(train_videos)
+        means = [stats[n][0] if n in cfg.normalize else np.zeros(b.shape[1], np.float32) for n, b in zip(names, blocks)]
+        stds = [stats[n][1] if n in cfg.normalize else np.ones(b.shape[1], np.float32) for n, b in zip(names, blocks)]
         self.mean = torch.tensor(np.concatenate(means), dtype=torch.float32, device=self.device)
         self.inv_std = 1 / torch.tensor(np.concatenate(stds), dtype=torch.float32, device=self.device)
         self.d_in = int(self.mean.numel())
-        columns = [corpus.targets.index(t) for t in targets]
+        columns = [corpus.targets.index(t) for t in cfg.emo_dim_set]
         self.labels = _tensor(np.ascontiguousarray(corpus.labels[:, columns]), self.device)
 
     def batch(self, starts: np.ndarray, lengths: np.ndarray, with_labels: bool = True) -> Batch:

@@ -31,7 +31,7 @@ class Corpus:
     timestamps: np.ndarray  # (N,) int64 milliseconds
     segment_ids: np.ndarray  # (N,) int32
     features: dict[str, np.ndarray]  # name -> (N, D) float32, gaps filled with the column's train mean
-    stats: dict[str, tuple[np.ndarray, np.ndarray]]  # name or "seg_id" -> train mean and std per column
+    video_sums: dict[str, np.ndarray]  # name or "seg_id" -> (V, 2, D) float64: per video, sum and sum of squares
     labels: np.ndarray  # (frames with labels, T): train and devel, plus test only if loaded with test labels
     has_test_labels: bool
     fingerprint: str  # content of the loaded sets, labels (not test's) and partition: provenance
@@ -41,6 +41,35 @@ class Corpus:
 
     def videos(self, partition: str) -> range:
         return range(*self.partition_videos[partition])
+
+    def lengths(self, videos) -> np.ndarray:
+        return (self.offsets[np.asarray(videos) + 1] - self.offsets[np.asarray(videos)]).astype(np.int64)
+
+    def frame_index(self, videos) -> np.ndarray:
+        """Corpus frame indices of the given videos, concatenated in the order given."""
+        videos = np.asarray(videos, dtype=np.int64)
+        lengths = self.lengths(videos)
+        starts = np.repeat(self.offsets[videos] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        return starts + np.arange(int(lengths.sum()))
+
+    def stats_for(self, videos) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Mean and std per column over the frames of these videos (a split's training videos), for
+        every feature set and the segment id; a column constant there is only centred."""
+        videos = np.asarray(videos, dtype=np.int64)
+        n = int(self.lengths(videos).sum())
+        stats = {}
+        for name, sums in self.video_sums.items():
+            total, squares = sums[videos].sum(axis=0) / n
+            std = np.sqrt(np.maximum(squares - total ** 2, 0.0))
+            stats[name] = total.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        return stats
+
+    def labels_for(self, videos) -> np.ndarray:
+        """(frames, targets) labels of these videos, concatenated; test videos need a corpus loaded with test labels."""
+        videos = np.asarray(videos, dtype=np.int64)
+        if not self.has_test_labels and np.any(videos >= self.partition_videos["test"][0]):
+            self.labels_of("test")  # raises TestLabelsLocked
+        return self.labels[self.frame_index(videos)]
 
     def frames(self, partition: str) -> slice:
         first, stop = self.partition_videos[partition]
@@ -118,7 +147,7 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
     bounds = np.cumsum([0] + [counts[p] for p in PARTITIONS])
     partition_videos = {p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(PARTITIONS)}
     train = slice(0, int(offsets[bounds[1]]))
-    stats, gaps = {}, {}
+    sums, gaps = {}, {}
     for name, (manifest, values) in features.items():
         gaps[name] = sum(manifest["nonfinite"].values())
         if gaps[name] and nonfinite == "error":
@@ -126,11 +155,11 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
             files = ", ".join(f"{feature_file(root, name, v)} ({c})" for v, c in worst)
             raise DataError(f"feature set '{name}' has {gaps[name]} NaN/inf cells: {files}; "
                             "use nonfinite='mean' (--nonfinite mean) to fill them with the train mean")
-        stats[name] = _train_stats(values[train], has_gaps=gaps[name] > 0)
         if gaps[name]:
             rows, cols = np.nonzero(np.isnan(values))
-            values[rows, cols] = stats[name][0][cols]
-    stats["seg_id"] = _train_stats(segment_ids[train, None].astype(np.float32))
+            values[rows, cols] = _train_mean(values[train])[cols]
+        sums[name] = _video_sums(values, offsets)
+    sums["seg_id"] = _video_sums(segment_ids[:, None].astype(np.float32), offsets)
 
     hashes = {f"features:{n}": features[n][0]["content_hash"] for n in feature_sets}
     hashes |= {f"labels:{t}": h for t, h in zip(targets, label_hashes)}
@@ -138,7 +167,7 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
         root=str(root), feature_sets=feature_sets, targets=targets,
         video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets, partition_videos=partition_videos,
         timestamps=timestamps, segment_ids=segment_ids,
-        features={n: values for n, (_, values) in features.items()}, stats=stats, labels=labels,
+        features={n: values for n, (_, values) in features.items()}, video_sums=sums, labels=labels,
         has_test_labels=test_labels, fingerprint=_fingerprint(split, hashes, feature_sets, targets),
         content_hashes=hashes, nonfinite=gaps, parsed=tuple(parsed))
 
@@ -243,15 +272,19 @@ def _check_aligned(files: list[Path], videos: list[int], arrays: dict[str, np.nd
         raise DataError(f"{path}: timestamps do not line up with the features: {detail}")
 
 
-def _train_stats(train: np.ndarray, has_gaps: bool = False,
-                 chunk_rows: int = 32768) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std per column (ignoring NaN if has_gaps), in row chunks: no float64 copy of the matrix."""
+def _train_mean(train: np.ndarray, chunk_rows: int = 32768) -> np.ndarray:
+    """Mean per column ignoring NaN, in row chunks: no float64 copy of the matrix."""
     chunks = [train[i:i + chunk_rows] for i in range(0, len(train), chunk_rows)]
-    add = np.nansum if has_gaps else np.sum
-    total = sum(add(chunk, axis=0, dtype=np.float64) for chunk in chunks)
-    count = sum((~np.isnan(chunk)).sum(axis=0) for chunk in chunks) if has_gaps else len(train)
-    mean = total / np.maximum(count, 1)
-    squares = sum(add((chunk - mean) ** 2, axis=0) for chunk in chunks)
-    std = np.sqrt(squares / np.maximum(count, 1))
-    std = np.where(std > 1e-8, std, 1.0)  # a column constant in train is only centred
-    return mean.astype(np.float32), std.astype(np.float32)
+    total = sum(np.nansum(chunk, axis=0, dtype=np.float64) for chunk in chunks)
+    count = sum((~np.isnan(chunk)).sum(axis=0) for chunk in chunks)
+    return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _video_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(V, 2, D) float64: each video's column sums and sums of squares, from which the statistics of any
+    set of videos (a split's training videos) follow without another pass over the frames."""
+    out = np.empty((len(offsets) - 1, 2, values.shape[1]))
+    for v, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        block = values[a:b].astype(np.float64)
+        out[v, 0], out[v, 1] = block.sum(axis=0), np.square(block).sum(axis=0)
+    return out

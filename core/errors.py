@@ -1,4 +1,6 @@
 """Errors a user can act on: each message names the file, field or setting at fault."""
+from __future__ import annotations
+
 import sys
 from collections.abc import Callable
 
@@ -12,7 +14,11 @@ class DataError(UserError, ValueError):
 
 
 class ConfigError(UserError, ValueError):
-    """A training or study setting is invalid."""
+    """A training or study setting is invalid; `field` names it, for callers that say where it came from."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class TrainingDiverged(UserError, RuntimeError):

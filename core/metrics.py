@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-LOSSES = ("ccc", "mse", "l1")
-
 
 def ccc(pred: np.ndarray, label: np.ndarray) -> float:
     """CCC over all frames given, as the challenge computes it over a whole partition."""

@@ -7,31 +7,16 @@ over the stacked per-frame predictions of several models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-RNN_TYPES = {"lstm": nn.LSTM, "gru": nn.GRU}
+from core.config import TrainConfig
 
-
-@dataclass
-class ModelConfig:
-    d_in: int
-    n_targets: int = 1
-    d_rnn: int = 64  # model width: projection size, attention width and RNN hidden size
-    n_layers: int = 1  # self-attention layers; 0 disables attention (the entry's --attn off)
-    n_heads: int = 4
-    attn_dr: float = 0.0
-    rnn: str = "lstm"
-    rnn_n_layers: int = 1  # 0 disables the RNN
-    rnn_bi: bool = False
-    rnn_dr: float = 0.0
-    d_out_fc: int = 64
-    out_dr: float = 0.0
-    out_biases: tuple[float, ...] = field(default_factory=tuple)  # one per target; empty means zeros
+RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class SelfAttentionLayer(nn.Module):
@@ -63,7 +48,7 @@ class SelfAttentionLayer(nn.Module):
 class RNNEncoder(nn.Module):
     def __init__(self, d_in: int, d_hidden: int, n_layers: int, bidirectional: bool, dropout: float, kind: str):
         super().__init__()
-        self.rnn = RNN_TYPES[kind](d_in, d_hidden, num_layers=n_layers, bidirectional=bidirectional,
+        self.rnn = RNN_MODULES[kind](d_in, d_hidden, num_layers=n_layers, bidirectional=bidirectional,
                                    dropout=dropout if n_layers > 1 else 0.0, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -86,17 +71,19 @@ class Regressor(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The entry's model for a TrainConfig, on inputs of width d_in; one output per target."""
+
+    def __init__(self, cfg: TrainConfig, d_in: int):
         super().__init__()
-        self.cfg = cfg
-        self.proj = nn.Linear(cfg.d_in, cfg.d_rnn, bias=False) if cfg.d_in != cfg.d_rnn else nn.Identity()
+        self.cfg, self.d_in = cfg, d_in
+        self.proj = nn.Linear(d_in, cfg.d_rnn, bias=False) if d_in != cfg.d_rnn else nn.Identity()
         self.attn = nn.ModuleList(SelfAttentionLayer(cfg.d_rnn, cfg.n_heads, cfg.attn_dr) for _ in range(cfg.n_layers))
         self.rnn = None
         d_out = cfg.d_rnn
         if cfg.rnn_n_layers > 0:
             self.rnn = RNNEncoder(cfg.d_rnn, cfg.d_rnn, cfg.rnn_n_layers, cfg.rnn_bi, cfg.rnn_dr, cfg.rnn)
             d_out = cfg.d_rnn * (2 if cfg.rnn_bi else 1)
-        self.out = Regressor(d_out, cfg.d_out_fc, cfg.n_targets, cfg.out_dr, cfg.out_biases)
+        self.out = Regressor(d_out, cfg.d_out_fc, len(cfg.emo_dim_set), cfg.out_dr, cfg.out_biases)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, d_in) -> (B, L, n_targets). lengths: (B,) on the CPU, or None when all are L."""

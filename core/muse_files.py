@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from core.config import TARGETS
 from core.errors import DataError
 
 FEATURE_DIR = Path("c1_muse_wild/feature_segments/label_aligned")
 LABEL_DIR = Path("c1_muse_wild/label_segments")
 PARTITION_FILE = Path("raw/metadata/data/processed_tasks/metadata/partition.csv")
 PARTITIONS = ("train", "devel", "test")
-TARGETS = ("arousal", "valence")
 FRAME_MS = 250
 
 

@@ -5,7 +5,7 @@
 How the labels are made, and why each part is there:
 - Latent arousal and valence are smooth (Gaussian-filtered noise, seconds long), plus a level per
   topic segment and per video: the label of a frame is predictable from its neighbourhood.
-- Labels lag the latent by LAG frames (annotators react late): a model must look back in time.
+- Labels lag the latent by `lag` frames (annotators react late; 8 = 2 s by default): a model must look back.
 - Each frame's features carry the latent under heavy noise, so one frame alone predicts little
   (a per-frame linear model reaches about 0.1-0.3 devel CCC); averaging over context recovers it.
 - Acoustic features (eGeMAPS-like) carry mostly arousal, in columns of wildly different scales and
@@ -17,7 +17,10 @@ How the labels are made, and why each part is there:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,10 +29,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from core.muse_files import FRAME_MS, PARTITION_FILE, TARGETS, feature_file, label_file
+from core.errors import ConfigError, DataError, run_command
+from core.muse_files import FEATURE_DIR, FRAME_MS, PARTITION_FILE, TARGETS, feature_file, label_file
 
 DEFAULT_FEATURES = {"egemaps": 88, "vggish": 128, "fasttext": 300}
-LAG = 8  # frames (2 s) by which labels trail the features
+LAG = 8  # frames (2 s) by which labels trail the features, by default
+MANIFEST = "synthetic.json"  # the settings a root was written with
 PARTITION_SHARES = {"train": 0.57, "devel": 0.21, "test": 0.22}  # as in MuSe-Wild: 166 / 62 / 63 videos
 
 
@@ -76,7 +81,8 @@ class DataSetParams:
 NOISE = {"acoustic": 1.4, "embedding": 2.0, "text": 1.3}
 
 
-def make_video(video_id: int, seed: int, params: DataSetParams, n_frames: int, nan_rate: float) -> dict:
+def make_video(video_id: int, seed: int, params: DataSetParams, n_frames: int, nan_rate: float, lag: int = LAG,
+               noise: float = 1.0) -> dict:
     rng = np.random.default_rng([seed, video_id])
     n = n_frames
     lengths = []
@@ -93,14 +99,14 @@ def make_video(video_id: int, seed: int, params: DataSetParams, n_frames: int, n
                + 0.3 * standardized(smooth(rng.standard_normal(n), 16)))
     latent = np.stack([arousal, valence], axis=1).astype(np.float32)
 
-    delayed = latent[np.maximum(np.arange(n) - LAG, 0)]
+    delayed = latent[np.maximum(np.arange(n) - lag, 0)]
     labels = np.round(np.clip(np.tanh(1.3 * delayed) + rng.normal(0, 0.02, delayed.shape), -1, 1), 4)
 
     features = {}
     for name, p in params.sets.items():
         signal = latent @ p["loadings"]
         dim = signal.shape[1]
-        noise_scale = np.float32(NOISE[p["kind"]])
+        noise_scale = np.float32(noise * NOISE[p["kind"]])
         if p["kind"] == "text":  # one vector per word (2-6 frames), zeros for the ~20 % silent words
             word_lengths = rng.integers(2, 7, n // 2 + 1)
             word_of_frame = np.repeat(np.arange(word_lengths.size), word_lengths)[:n]
@@ -142,19 +148,27 @@ def write_video(root: Path, video_id: int, video: dict, write_labels: bool) -> N
 
 
 def _make_and_write(job: tuple) -> int:
-    root, video_id, seed, feature_dims, n_frames, nan_rate, write_labels = job
-    video = make_video(video_id, seed, DataSetParams(seed, feature_dims), n_frames, nan_rate)
+    root, video_id, seed, feature_dims, n_frames, nan_rate, write_labels, lag, noise = job
+    video = make_video(video_id, seed, DataSetParams(seed, feature_dims), n_frames, nan_rate, lag, noise)
     write_video(root, video_id, video, write_labels)
     return n_frames
 
 
 def generate(root: str | Path, videos: int = 150, seed: int = 0, feature_dims: dict[str, int] | None = None,
              min_frames: int = 800, max_frames: int = 3000, nan_rate: float = 0.0,
-             test_labels: bool = True, workers: int | None = None) -> dict[str, list[int]]:
-    """Write the data set under `root`; returns the video ids of each partition."""
+             test_labels: bool = True, lag: int = LAG, noise: float = 1.0,
+             workers: int | None = None) -> dict[str, list[int]]:
+    """Write the data set under `root` (and its settings, in synthetic.json); returns the video ids of each
+    partition. `noise` scales every feature set's per-frame noise."""
+    settings = settings_of(videos, seed, feature_dims, min_frames, max_frames, nan_rate, test_labels, lag, noise)
     if videos < 3:
-        raise ValueError("videos: need at least 3 (one per partition)")
+        raise ConfigError("videos: need at least 3 (one per partition)")
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()):
+        if written_with(root) is None:
+            raise DataError(f"{root} exists and was not written by this generator; choose a new or empty folder")
+        for part in (FEATURE_DIR.parts[0], PARTITION_FILE.parts[0], MANIFEST):  # an earlier synthetic set: replace it
+            shutil.rmtree(root / part, ignore_errors=True) if part != MANIFEST else (root / part).unlink()
     feature_dims = feature_dims or DEFAULT_FEATURES
     rng = np.random.default_rng([seed, 1 << 31])
     ids = np.sort(rng.choice(np.arange(1, 3 * videos + 1), videos, replace=False))
@@ -165,13 +179,30 @@ def generate(root: str | Path, videos: int = 150, seed: int = 0, feature_dims: d
              "test": sorted(shuffled[n_train + n_devel:].tolist())}
     frames = rng.integers(min_frames, max_frames + 1, videos)
     partition_of = {v: p for p, vs in split.items() for v in vs}
-    jobs = [(root, int(v), seed, feature_dims, int(n), nan_rate, test_labels or partition_of[int(v)] != "test")
-            for v, n in zip(ids, frames)]
+    jobs = [(root, int(v), seed, feature_dims, int(n), nan_rate, test_labels or partition_of[int(v)] != "test",
+             lag, noise) for v, n in zip(ids, frames)]
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         list(pool.map(_make_and_write, jobs, chunksize=4))
     rows = [(v, partition_of[int(v)]) for v in ids] + [(ids[0], partition_of[int(ids[0])])]  # MuSe repeats some
     _write_csv(root / PARTITION_FILE, {"Id": np.array([r[0] for r in rows]), "Proportion": [r[1] for r in rows]})
+    (root / MANIFEST).write_text(json.dumps(settings | {"split": split}))
     return split
+
+
+def settings_of(videos: int = 150, seed: int = 0, feature_dims: dict[str, int] | None = None, min_frames: int = 800,
+                max_frames: int = 3000, nan_rate: float = 0.0, test_labels: bool = True, lag: int = LAG,
+                noise: float = 1.0) -> dict:
+    """What a root written with these arguments holds; equal settings write equal files."""
+    return {"videos": videos, "seed": seed, "feature_dims": feature_dims or DEFAULT_FEATURES, "min_frames": min_frames,
+            "max_frames": max_frames, "nan_rate": nan_rate, "test_labels": test_labels, "lag": lag, "noise": noise}
+
+
+def written_with(root: str | Path) -> dict | None:
+    """The settings a root was generated with (None if it was not, or not completely)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    return {k: v for k, v in json.loads(path.read_text()).items() if k != "split"}
 
 
 def parse_dims(items: list[str]) -> dict[str, int]:
@@ -182,25 +213,32 @@ def parse_dims(items: list[str]) -> dict[str, int]:
     return dims
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="data root to write (the MuSe layout goes under it)")
-    parser.add_argument("--videos", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--videos", type=int, default=150, help="videos in all (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--features", nargs="+", default=[f"{k}:{v}" for k, v in DEFAULT_FEATURES.items()],
                         metavar="NAME[:DIM]", help="feature sets and their dimensions (default: %(default)s)")
-    parser.add_argument("--min-frames", type=int, default=800)
-    parser.add_argument("--max-frames", type=int, default=3000)
-    parser.add_argument("--nan-rate", type=float, default=0.0, help="fraction of feature cells written as NaN")
+    parser.add_argument("--min-frames", type=int, default=800, help="shortest video, frames (default: %(default)s)")
+    parser.add_argument("--max-frames", type=int, default=3000, help="longest video, frames (default: %(default)s)")
+    parser.add_argument("--lag", type=int, default=LAG, help="frames labels trail the features (default: %(default)s)")
+    parser.add_argument("--noise", type=float, default=1.0, help="scale of the per-frame feature noise "
+                                                                 "(default: %(default)s)")
+    parser.add_argument("--nan-rate", type=float, default=0.0,
+                        help="fraction of feature cells written as NaN (default: %(default)s)")
     parser.add_argument("--withhold-test-labels", action="store_true",
                         help="write no test label files, as in the real challenge")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    split = generate(args.out, args.videos, args.seed, parse_dims(args.features), args.min_frames,
-                     args.max_frames, args.nan_rate, not args.withhold_test_labels)
-    counts = ", ".join(f"{p} {len(v)}" for p, v in split.items())
-    print(f"wrote {args.videos} videos ({counts}) to {args.out} in {time.perf_counter() - start:.1f} s")
+
+    def body() -> None:
+        start = time.perf_counter()
+        split = generate(args.out, args.videos, args.seed, parse_dims(args.features), args.min_frames,
+                         args.max_frames, args.nan_rate, not args.withhold_test_labels, args.lag, args.noise)
+        counts = ", ".join(f"{p} {len(v)}" for p, v in split.items())
+        print(f"wrote {args.videos} videos ({counts}) to {args.out} in {time.perf_counter() - start:.1f} s")
+    return run_command(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

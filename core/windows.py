@@ -4,9 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from core.corpus import Corpus
-from core.errors import ConfigError
-
-SEGMENT_TYPES = ("normal", "id")
 
 
 def spans(starts: np.ndarray, lengths: np.ndarray, win_len: int, hop_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,22 +19,19 @@ def spans(starts: np.ndarray, lengths: np.ndarray, win_len: int, hop_len: int) -
     return starts[span] + offset, np.minimum(win_len, lengths[span] - offset)
 
 
-def train_windows(corpus: Corpus, win_len: int, hop_len: int,
+def train_windows(corpus: Corpus, videos: np.ndarray, win_len: int, hop_len: int,
                   segment_type: str = "normal") -> tuple[np.ndarray, np.ndarray]:
-    """Starts and lengths of the training windows: over whole videos ("normal") or within each topic segment ("id")."""
-    if win_len < 1 or not 1 <= hop_len <= win_len:
-        raise ConfigError(f"win_len/hop_len: need 1 <= hop_len <= win_len, got {win_len}/{hop_len}")
-    if segment_type not in SEGMENT_TYPES:
-        raise ConfigError(f"segment_type: {segment_type!r} is not one of {', '.join(SEGMENT_TYPES)}")
-    frames, videos = corpus.frames("train"), corpus.videos("train")
-    video_starts = corpus.offsets[videos.start:videos.stop]
-    if segment_type == "normal":
-        starts = video_starts
-    else:  # a new span wherever the segment id changes or a video begins
-        seg = corpus.segment_ids[frames]
-        breaks = np.flatnonzero(np.diff(seg) != 0) + 1 + frames.start
-        starts = np.union1d(video_starts, breaks)
-    lengths = np.diff(np.append(starts, frames.stop))
+    """Starts and lengths of the training windows over these videos: over whole videos ("normal") or
+    within each topic segment ("id")."""
+    videos = np.sort(np.asarray(videos, dtype=np.int64))
+    starts, lengths = corpus.offsets[videos], corpus.lengths(videos)
+    if segment_type == "id":  # a new span wherever the segment id changes within a video
+        frames = corpus.frame_index(videos)
+        within = np.diff(frames) == 1  # neighbours in the same video
+        changes = frames[1:][within & (np.diff(corpus.segment_ids[frames]) != 0)]
+        starts = np.union1d(starts, changes)
+        ends = np.union1d(corpus.offsets[videos + 1], changes)
+        lengths = ends - starts
     return spans(starts.astype(np.int64), lengths.astype(np.int64), win_len, hop_len)
 
 
@@ -55,10 +49,10 @@ def batch_order(lengths: np.ndarray, batch_size: int, win_len: int, rng: np.rand
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def video_batches(corpus: Corpus, partition: str, max_frames: int) -> list[np.ndarray]:
-    """Video indices of a partition, longest first, in batches of at most max_frames once padded."""
-    videos = np.arange(*corpus.partition_videos[partition])
-    lengths = np.diff(corpus.offsets)[videos]
+def video_batches(corpus: Corpus, videos: np.ndarray, max_frames: int) -> list[np.ndarray]:
+    """The given videos, longest first, in batches of at most max_frames once padded."""
+    videos = np.asarray(videos, dtype=np.int64)
+    lengths = corpus.lengths(videos)
     order = np.argsort(-lengths, kind="stable")
     batches, current, longest = [], [], 0
     for video, length in zip(videos[order], lengths[order]):

@@ -11,16 +11,18 @@ import sys
 import threading
 from collections.abc import Callable
 
-import optuna
-import optuna_dashboard
+from search import DEFAULT_STORAGE
 
-from core.errors import run_command
-from search.storage import mask, open_storage
-from search.study_file import DEFAULT_STORAGE
+PROG = "python search/dashboard.py"
 
 
 def serve(url: str, port: int, host: str = "127.0.0.1", log: Callable[[str], None] = print,
           background: bool = False) -> None:
+    import optuna
+    import optuna_dashboard
+
+    from search.study.storage import mask, open_storage
+
     storage = open_storage(url)
     names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
     if names:
@@ -35,12 +37,18 @@ def serve(url: str, port: int, host: str = "127.0.0.1", log: Callable[[str], Non
         optuna_dashboard.run_server(storage, host=host, port=port)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("storage", nargs="?", default=os.environ.get("MUSE_STORAGE", DEFAULT_STORAGE),
+                   help="the studies' storage URL (default: $MUSE_STORAGE, else %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to serve on (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines (default: %(default)s)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("storage", nargs="?", default=os.environ.get("MUSE_STORAGE", DEFAULT_STORAGE))
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    from core.errors import run_command
     return run_command(lambda: serve(args.storage, args.port, args.host, log=lambda line: print(line, flush=True)))
 
 

@@ -4,7 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from core.synthetic import generate
+# Before anything imports the storage module: drivers beat every second, so a dead driver's trials go
+# stale in 6 s instead of a minute (subprocess drivers inherit it).
+os.environ["MUSE_HEARTBEAT_S"] = "1"
+
+from core.synthetic import generate  # noqa: E402
 
 TINY_FEATURES = {"egemaps": 10, "fasttext": 12}
 

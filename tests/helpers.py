@@ -74,6 +74,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def open_page(playwright, errors: list):
     """A page of Debian's headless Chromium that collects console errors and uncaught exceptions."""
+    if not Path("/usr/bin/chromium").exists():
+        import pytest
+        pytest.fail("this browser test needs Debian's chromium at /usr/bin/chromium: apt-get install chromium (as root)")
     browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -17,13 +17,15 @@ import pytest
 from optuna.trial import TrialState
 
 from search.dashboard import serve
-from search.retrain_best import retrain_best
-from search.run_study import run_study
-from search.storage import StorageError
-from search.study_file import load_study_file
+from search.retrain.pipeline import Request, retrain_best
+from search.study.driver import run_study
+from search.study.file import load_study_file
+from search.study.searcher import counts_against_budget
+from search.study.storage import StorageError
 from helpers import POSTGRES, free_port, get_json, open_page, study_file
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
 RUN_STUDY = [sys.executable, str(REPO / "search" / "run_study.py")]
 
 
@@ -51,7 +53,7 @@ def test_two_drivers_share_one_postgresql_study(tiny_root, tmp_path, pg_study):
     assert 8 <= len(trials) <= 8 + 3
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
     assert len({t.user_attrs["driver"] for t in trials}) == 2
-    told = [int(n) for out in outputs for n in re.findall(r"^trial +(\d+) ", out, re.M)]
+    told = [int(n) for out in outputs for n in re.findall(r"^\[\d+/\d+\] trial +(\d+) ", out, re.M)]
     assert sorted(told) == sorted(t.number for t in trials)  # each trial told once, by its own driver
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == len(params)  # the second driver did not replay the first one's proposals
@@ -78,10 +80,86 @@ def test_dropped_postgresql_connections_lose_nothing(tiny_root, tmp_path, pg_stu
     assert driver.returncode == 0, output[-3000:]
     assert killed > 0, "the driver's connections were terminated while it ran"
     trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
-    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] for t in trials)
+    states = [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in trials]
+    counted = [t for t in trials if counts_against_budget(t)]
+    assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted), (states, output[-3000:])
+    assert all(t.state == TrialState.FAIL and "stop_reason" not in t.user_attrs for t in trials if t not in counted)
+    assert all(len(t.intermediate_values) == t.user_attrs["epochs_run"] for t in counted), states
     for number, value in before.items():
         assert trials[number].value == value
+
+
+def test_a_driver_killed_beside_a_live_one_leaves_the_budget_met(tiny_root, tmp_path, pg_study):
+    path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
+                      budget={"trials": 8, "max_epochs": 6}, resources={"cpu": 0.5, "max_concurrent": 2})
+    drivers = [subprocess.Popen(RUN_STUDY + [str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill the first driver while it runs trials
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+        except KeyError:
+            continue
+        pids = {t.user_attrs.get("driver", "").rpartition(":")[2] for t in trials if t.state == TrialState.RUNNING}
+        if str(drivers[0].pid) in pids and any(t.state == TrialState.COMPLETE for t in trials):
+            break
+    os.kill(drivers[0].pid, 9)
+    drivers[0].wait()
+    output = drivers[1].communicate(timeout=400)[0]
+    assert drivers[1].returncode == 0, output[-3000:]
+    trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+    stale = [t for t in trials if not counts_against_budget(t)]
+    assert stale and all(t.user_attrs["driver"].endswith(f":{drivers[0].pid}") for t in stale)
+    counted = [t for t in trials if counts_against_budget(t)]
+    assert len(counted) >= 8 and all(t.state == TrialState.COMPLETE for t in counted), \
+        [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in trials]
+    assert "stale RUNNING trial(s) of a dead driver as FAIL" in output
+
+
+def test_a_trial_orphaned_by_a_lost_answer_is_failed_and_does_not_count(ray_cluster, tiny_root, tmp_path, pg_study):
+    """An ask whose answer was lost leaves a RUNNING trial nobody beats for: it goes stale, and the budget is met."""
+    path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
+                      budget={"trials": 3, "max_epochs": 12}, resources={"cpu": 1, "max_concurrent": 1})
+    spec = load_study_file(path)
+    study = optuna.create_study(study_name=pg_study, storage=POSTGRES, direction="maximize")
+    orphan = study.ask()  # no driver name on it and no heartbeat, like a lost answer
+    log = []
+    run_study(spec, log=log.append)
+    trials = {t.number: t for t in optuna.load_study(study_name=pg_study, storage=POSTGRES).trials}
+    assert trials[orphan.number].state == TrialState.FAIL and not counts_against_budget(trials[orphan.number])
+    assert sum(counts_against_budget(t) for t in trials.values()) == 3
+    assert f"marked 1 stale RUNNING trial(s) of a dead driver as FAIL: {orphan.number}" in "\n".join(log)
+
+
+def test_two_processes_cannot_take_the_same_look_at_test(pg_study):
+    from sqlalchemy.orm import Session
+    from search.retrain.results import TestLook, looks, open_results, record_look
+    engine = open_results(POSTGRES)
+    try:
+        first = record_look(engine, pg_study, "first")
+        with Session(engine) as other:  # a second process, between counting and committing its look
+            other.add(TestLook(study=pg_study, number=2, purpose="other", host="h", pid=1))
+            other.flush()
+            result = {}
+            racer = threading.Thread(target=lambda: result.update(error=_raises(lambda: record_look(engine, pg_study, "x"))))
+            racer.start()
+            time.sleep(1.0)
+            other.commit()
+            racer.join(timeout=30)
+        assert first.number == 1 and "another process is looking at its test set right now (look 2)" in result["error"]
+        assert looks(engine, pg_study) == 2
+    finally:
+        with engine.begin() as db:
+            db.execute(TestLook.__table__.delete().where(TestLook.study == pg_study))
+
+
+def _raises(call) -> str:
+    try:
+        call()
+    except StorageError as e:
+        return str(e)
+    return ""
 
 
 def test_sqlite_with_the_dashboard_polling_while_the_study_writes(ray_cluster, tiny_root, tmp_path):
@@ -123,7 +201,7 @@ def test_a_password_in_the_storage_url_is_never_written_anywhere(ray_cluster, ti
                       budget={"trials": 2, "max_epochs": 2})
     log = []
     run_study(load_study_file(path), log=log.append)
-    out = retrain_best(pg_study, url, top_k=1, seeds=1, out_dir=tmp_path / "retrain", log=log.append)
+    out = retrain_best(Request(pg_study, url, top_k=1, seeds=1, out_dir=tmp_path / "retrain"), log=log.append)
     assert secret not in "\n".join(log)
     study = optuna.load_study(study_name=pg_study, storage=POSTGRES)
     assert secret not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
@@ -131,12 +209,10 @@ def test_a_password_in_the_storage_url_is_never_written_anywhere(ray_cluster, ti
     assert Path(out["report"]) in written
     assert not [p for p in written if secret.encode() in p.read_bytes()]
     with psycopg.connect(POSTGRES, autocommit=True) as db:
-        rows = db.execute("SELECT settings::text, report FROM test_evaluations WHERE study = %s", (pg_study,)).fetchall()
+        rows = db.execute("SELECT settings::text, report FROM evaluations WHERE study = %s", (pg_study,)).fetchall()
         assert rows and secret not in repr(rows)
-        db.execute("DELETE FROM fusion_results WHERE study = %s", (pg_study,))
-        db.execute("DELETE FROM retrain_predictions WHERE study = %s", (pg_study,))
-        db.execute("DELETE FROM test_evaluations WHERE study = %s", (pg_study,))
-        db.execute("DELETE FROM retrain_runs WHERE study = %s", (pg_study,))
+        for table in ("fusions", "prediction_files", "evaluations", "test_looks", "fold_runs"):
+            db.execute(f"DELETE FROM {table} WHERE study = %s", (pg_study,))
 
 
 def test_the_dashboard_command_serves_the_study_in_chromium(ray_cluster, tiny_root, tmp_path):
@@ -159,7 +235,9 @@ def test_the_dashboard_command_serves_the_study_in_chromium(ray_cluster, tiny_ro
             page.wait_for_selector("text=3 Trials", timeout=30000)
             body = page.inner_text("body")
             assert "Trial 0" in body and "Trial 2" in body and "Intermediate Values" in body
-            assert "stop_reason" in body and "data_fingerprint" in body
+            assert "stop_reason" in body and "data_fingerprint" in body and "config.win_len" in body
+            # no attribute line makes the page wider than the window (one line per config field, rounded CCCs)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1300
             page.screenshot(path=str(tmp_path / "dashboard.png"))
             browser.close()
         assert errors == []

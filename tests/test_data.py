@@ -36,7 +36,7 @@ def test_corpus_holds_every_frame_in_partition_order(tiny_root, tmp_path):
 def test_normalization_statistics_come_from_train_only(tiny_root, tmp_path):
     corpus = load_corpus(tiny_root, ["egemaps"], cache_dir=tmp_path)
     train = corpus.features["egemaps"][corpus.frames("train")].astype(np.float64)
-    mean, std = corpus.stats["egemaps"]
+    mean, std = corpus.stats_for(corpus.videos("train"))["egemaps"]
     np.testing.assert_allclose(mean, train.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, train.std(0), rtol=1e-4)
     everything = corpus.features["egemaps"].astype(np.float64)
@@ -109,10 +109,10 @@ def test_partition_file_repeats_keep_the_first_row(root_copy):
 
 # ---------------------------------------------------------------- windows
 
-def _naive_windows(corpus, win, hop, segment_type):
-    """The entry's segment_sample, on plain Python lists."""
+def _naive_windows(corpus, win, hop, segment_type, videos=None):
+    """The entry's segment_sample, on plain Python lists, over the train videos (or those given)."""
     out = []
-    for k in corpus.videos("train"):
+    for k in corpus.videos("train") if videos is None else videos:
         frames = list(range(corpus.offsets[k], corpus.offsets[k + 1]))
         groups = [frames]
         if segment_type == "id":
@@ -131,18 +131,21 @@ def _naive_windows(corpus, win, hop, segment_type):
                                                   (100, 30, "id"), (1000, 1000, "normal")])
 def test_windows_match_the_entrys_slicing(tiny_root, tmp_path, win, hop, segment_type):
     corpus = load_corpus(tiny_root, ["egemaps"], cache_dir=tmp_path)
-    starts, lengths = train_windows(corpus, win, hop, segment_type)
+    starts, lengths = train_windows(corpus, corpus.videos("train"), win, hop, segment_type)
     assert sorted(zip(starts.tolist(), lengths.tolist())) == _naive_windows(corpus, win, hop, segment_type)
 
 
 def test_a_gathered_batch_is_the_normalized_slice(tiny_root, tmp_path):
     from core.batching import FrameInputs
+    from core.config import TrainConfig
     corpus = load_corpus(tiny_root, ["egemaps", "fasttext"], cache_dir=tmp_path)
-    inputs = FrameInputs(corpus, ("fasttext", "egemaps"), ("egemaps",), True, ("valence",))
-    starts, lengths = train_windows(corpus, 120, 60)
+    cfg = TrainConfig(feature_set=("fasttext", "egemaps"), normalize=("egemaps",), add_seg_id=True,
+                      emo_dim_set=("valence",))
+    inputs = FrameInputs(corpus, cfg, corpus.videos("train"))
+    starts, lengths = train_windows(corpus, corpus.videos("train"), 120, 60)
     pick = np.array([0, len(starts) - 1, 3])
     batch = inputs.batch(starts[pick], lengths[pick])
-    mean, std = corpus.stats["egemaps"]
+    mean, std = corpus.stats_for(corpus.videos("train"))["egemaps"]
     for row, (s, n) in enumerate(zip(starts[pick], lengths[pick])):
         expected = np.concatenate([corpus.segment_ids[s:s + n, None], corpus.features["fasttext"][s:s + n],
                                    (corpus.features["egemaps"][s:s + n] - mean) / std], axis=1)
@@ -255,7 +258,7 @@ def test_nan_and_inf_are_filled_and_counted_or_refused(root_copy, tmp_path):
     corpus = load_corpus(root_copy, ["egemaps"], cache_dir=tmp_path)
     assert corpus.nonfinite == {"egemaps": 3}
     assert np.isfinite(corpus.features["egemaps"]).all()
-    mean, _ = corpus.stats["egemaps"]
+    mean, _ = corpus.stats_for(corpus.videos("train"))["egemaps"]
     assert corpus.features["egemaps"][2, 0] == pytest.approx(mean[0])  # filled with the train mean
     assert "3 NaN/inf cells" in corpus.describe()
     with pytest.raises(DataError, match=rf"'egemaps' has 3 NaN/inf cells: {path} \(3\)"):
@@ -278,3 +281,46 @@ def test_missing_label_folder(root_copy):
 
 def test_feature_folder_layout_constant():
     assert str(FEATURE_DIR).endswith("feature_segments/label_aligned")
+
+
+# ---------------------------------------------------------------- splits
+
+def test_folds_never_share_a_video_and_never_hold_test(tiny_root, tmp_path):
+    from core.splits import make_splits
+    corpus = load_corpus(tiny_root, ["egemaps"], cache_dir=tmp_path)
+    test = set(corpus.videos("test"))
+    labelled = set(corpus.videos("train")) | set(corpus.videos("devel"))
+    splits = make_splits(corpus, 4, seed=5)
+    scored = [set(s.score.tolist()) for s in splits]
+    assert set().union(*scored) == labelled and sum(map(len, scored)) == len(labelled)  # each video scored once
+    for s in splits:
+        train, select, score = set(s.train.tolist()), set(s.select.tolist()), set(s.score.tolist())
+        assert not (train & select) and not (train & score) and not (select & score)
+        assert train | select | score == labelled and not (train | select | score) & test
+    assert [s.score.tolist() for s in make_splits(corpus, 4, seed=5)] == [s.score.tolist() for s in splits]
+    assert [s.score.tolist() for s in make_splits(corpus, 4, seed=6)] != [s.score.tolist() for s in splits]
+    standard = make_splits(corpus, 1)[0]
+    assert standard.train.tolist() == list(corpus.videos("train")) and standard.selects_on_score
+    with pytest.raises(ConfigError, match="folds: 2 folds leave no fold to select epochs on"):
+        make_splits(corpus, 2)
+    with pytest.raises(ConfigError, match="folds: 12 folds, but train and devel hold only 11 videos"):
+        make_splits(corpus, 12)
+
+
+def test_statistics_of_a_fold_come_from_its_training_videos(tiny_root, tmp_path):
+    from core.splits import make_splits
+    corpus = load_corpus(tiny_root, ["egemaps"], cache_dir=tmp_path)
+    split = make_splits(corpus, 3, seed=0)[1]
+    frames = corpus.features["egemaps"][corpus.frame_index(split.train)].astype(np.float64)
+    mean, std = corpus.stats_for(split.train)["egemaps"]
+    np.testing.assert_allclose(mean, frames.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, frames.std(0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("segment_type", ["normal", "id"])
+def test_windows_over_a_fold_stay_inside_its_videos(tiny_root, tmp_path, segment_type):
+    from core.splits import make_splits
+    corpus = load_corpus(tiny_root, ["egemaps"], cache_dir=tmp_path)
+    videos = make_splits(corpus, 3, seed=0)[0].train  # not contiguous in the corpus
+    starts, lengths = train_windows(corpus, videos, 100, 30, segment_type)
+    assert sorted(zip(starts.tolist(), lengths.tolist())) == _naive_windows(corpus, 100, 30, segment_type, videos)

@@ -1,4 +1,5 @@
-"""Retrain-best: seeds, ranking by mean, fusion, test scored once, provenance, the report in Chromium."""
+"""Retrain-best: seeds over the study's folds, ranking by the mean, out-of-fold fusion, test looked at once,
+provenance, the report in Chromium."""
 import json
 import os
 import signal
@@ -15,15 +16,18 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError
 from core.synthetic import generate
-from search.results_db import FusionResult, PredictionFile, RetrainRun, TestEvaluation
-from search.retrain_best import retrain_best
-from search.run_study import run_study
-from search.storage import StorageError
-from search.study_file import load_study_file
+from search.retrain.pipeline import Request, retrain_best
+from search.retrain.results import Evaluation, FoldRun, FusionResult, PredictionFile, TestLook, open_results
+from search.study.driver import run_study
+from search.study.file import load_study_file
+from search.study.searcher import trial_config
+from search.study.storage import StorageError
 from helpers import open_page, study_file
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_STUDY = dict(target="valence", pruner={"name": "none"}, budget={"trials": 5, "max_epochs": 3})
+TINY_STUDY = dict(target="valence", pruner={"name": "none"}, budget={"trials": 5, "max_epochs": 3},
+                  objective={"folds": 3, "seed": 0})
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,9 @@ def studies(ray_cluster, tiny_root, tmp_path_factory):
     run_study(load_study_file(study_file(folder, tiny_root, storage, study="arousal",
                                          **TINY_STUDY | {"target": "arousal", "budget": {"trials": 2, "max_epochs": 2}})),
               log=quiet)
+    run_study(load_study_file(study_file(folder, tiny_root, storage, study="valence_devel",
+                                         **TINY_STUDY | {"objective": {"folds": 1}, "budget": {"trials": 3, "max_epochs": 3}})),
+              log=quiet)
     other_root = folder / "other"
     generate(other_root, videos=8, seed=11, feature_dims={"egemaps": 10, "fasttext": 12}, min_frames=200,
              max_frames=260)
@@ -46,11 +53,14 @@ def studies(ray_cluster, tiny_root, tmp_path_factory):
     return {"folder": folder, "storage": storage, "engine": sa.create_engine(storage)}
 
 
+def request(studies, study="valence", **changes) -> Request:
+    return Request(study, studies["storage"], out_dir=studies["folder"] / "retrain", **changes)
+
+
 @pytest.fixture(scope="module")
 def evaluated(studies):
     log = []
-    out = retrain_best("valence", studies["storage"], top_k=3, seeds=2, fuse=["valence_text"], inputs_from=["arousal"],
-                       out_dir=studies["folder"] / "retrain", log=log.append)
+    out = retrain_best(request(studies, top_k=3, seeds=2, fuse=["valence_text"], inputs_from=["arousal"]), log=log.append)
     return out | {"log": log}
 
 
@@ -62,68 +72,131 @@ def rows(engine, table, **where):
         return session.scalars(query).all()
 
 
-def test_every_seed_run_is_stored_with_provenance(studies, evaluated):
-    runs = rows(studies["engine"], RetrainRun, study="valence")
-    assert len(runs) == 6  # 3 distinct configs x 2 seeds
+def test_every_fold_run_is_stored_with_provenance(studies, evaluated):
+    runs = rows(studies["engine"], FoldRun, study="valence")
+    assert len(runs) == 3 * 2 * 3 and {r.state for r in runs} == {"COMPLETE"}  # configs x seeds x folds
+    assert {r.split for r in runs} == {"fold 1/3", "fold 2/3", "fold 3/3"} and {r.protocol for r in runs} == {"folds=3 seed=0"}
     trials = {t.number: t for t in optuna.load_study(study_name="valence", storage=studies["storage"]).trials}
     for run in runs:
         assert run.seed in (0, 1) and run.trial_number in trials
-        assert run.config | {"seed": 0} == trials[run.trial_number].user_attrs["train_config"] | {"seed": 0}
+        assert run.config == trial_config(trials[run.trial_number]).replace(seed=run.seed).to_dict()
         assert run.data_fingerprint == trials[run.trial_number].user_attrs["data_fingerprint"]
-        assert run.code_version and run.created_at is not None
+        assert run.code_version and run.created_at is not None and run.seconds > 0
         folder = Path(run.predictions)
-        assert folder.name == f"run-{run.id}_trial-{run.trial_number}_seed-{run.seed}"
-        assert np.load(folder / "devel.npy").shape[1] == 1
-        files = rows(studies["engine"], PredictionFile, run_id=run.id)
-        assert {f.partition for f in files} == {"devel", "test"} and all(Path(f.path).is_file() for f in files)
+        assert folder.name.startswith(f"run-{run.id}_trial-{run.trial_number}_seed-{run.seed}_fold-")
+        assert np.load(folder / "score.npy").shape[1] == 1 and np.load(folder / "test.npy").shape[1] == 1
 
 
-def test_configs_are_ranked_by_their_mean_over_seeds(studies, evaluated):
-    runs = rows(studies["engine"], RetrainRun, study="valence")
-    means = {}
-    for run in runs:
-        means.setdefault(run.trial_number, []).append(run.devel_mean)
-    best = max(means, key=lambda t: np.mean(means[t]))
+def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluated):
+    per_seed = {}
+    for run in rows(studies["engine"], FoldRun, study="valence"):
+        per_seed.setdefault(run.trial_number, {}).setdefault(run.seed, []).append(np.mean(list(run.score_ccc.values())))
+    means = {t: np.mean([np.mean(v) for v in seeds.values()]) for t, seeds in per_seed.items()}
+    best = max(means, key=means.get)
     ranking = evaluated["ranking"][evaluated["ranking"]["study"] == "valence"]
-    assert list(ranking["devel mean"]) == sorted(ranking["devel mean"], reverse=True)
+    assert list(ranking["mean"]) == sorted(ranking["mean"], reverse=True)
+    assert ranking["mean"].tolist() == pytest.approx(sorted(means.values(), reverse=True))
     assert evaluated["chosen_trial"] == best
-    [evaluation] = rows(studies["engine"], TestEvaluation, study="valence")
-    assert evaluation.chosen_trial == best
-    assert [r["trial"] for r in evaluation.ranking if r["study"] == "valence"][0] == best
+    [evaluation] = rows(studies["engine"], Evaluation, study="valence")
+    assert evaluation.chosen_trial == best and [r["trial"] for r in evaluation.ranking][0] == best
     assert len(evaluated["test_ccc"]["valence"]["per_seed"]) == 2
-    single = evaluated["results"].iloc[0]  # the chosen config's row: its devel score is the mean over seeds
-    assert single["devel valence"] == pytest.approx(np.mean(means[best]))
+    assert evaluated["results"].iloc[0]["objective"] == pytest.approx(means[best])
 
 
-def test_fusions_fit_on_devel_with_weights_summing_to_one(studies, evaluated):
+def test_every_fusion_is_scored_out_of_fold_and_the_best_is_delivered(studies, evaluated):
     fusions = {f.method: f for f in rows(studies["engine"], FusionResult, study="valence")}
-    assert set(fusions) == {"seed_ensemble", "weighted_mean_ccc", "weighted_mean_fitted", "lstm"}
-    for method in ("weighted_mean_ccc", "weighted_mean_fitted"):
+    assert set(fusions) == {"chosen", "mean", "weighted_ccc", "weighted_fitted", "lstm"}
+    for method in ("weighted_ccc", "weighted_fitted"):
         weights = fusions[method].weights["valence"]
-        assert len(weights) == 6 and min(weights) >= 0 and sum(weights) == pytest.approx(1)
+        assert len(weights) == 6 and min(weights) >= 0 and sum(weights) == pytest.approx(1)  # 3 + 3 configs
+        assert fusions[method].protocol.startswith("3-fold cross-validation over the pooled videos")
+    assert {f.protocol.split(":")[0] for f in (fusions["chosen"], fusions["mean"])} == {"nothing fit"}
     lstm_inputs = fusions["lstm"].inputs
     assert {i["study"] for i in lstm_inputs} == {"valence", "valence_text", "arousal"}
     assert {i["target"] for i in lstm_inputs if i["extra"]} == {"arousal"}
-    assert "cross-validation" in fusions["lstm"].devel_protocol
+    [evaluation] = rows(studies["engine"], Evaluation, study="valence")
+    assert evaluation.delivered == max(fusions, key=lambda m: np.mean(list(fusions[m].cv_ccc.values())))
+    folder = Path(evaluation.report).parent
+    for partition in ("devel", "test"):
+        delivered = (folder / "methods" / evaluation.delivered / f"{partition}.csv").read_text()
+        assert (folder / "predictions" / f"{partition}.csv").read_text() == delivered
     for f in fusions.values():
         assert set(f.test_ccc) == {"valence"} and -1 <= f.test_ccc["valence"] <= 1
-        files = rows(studies["engine"], PredictionFile, method=f.method)
+        files = rows(studies["engine"], PredictionFile, method=f.method, study="valence")
         assert {Path(p.path).name for p in files} == {"devel.csv", "test.csv"}
 
 
-def test_test_is_scored_once_and_a_rerun_shows_the_stored_result(studies, evaluated):
-    runs_before = len(rows(studies["engine"], RetrainRun))
+def test_fitted_fusions_never_see_the_fold_they_score():
+    from search.retrain import fusion
+    rng = np.random.default_rng(0)
+    bounds = np.array([0, 30, 70, 100, 150, 180, 220])
+    labels = rng.uniform(-1, 1, (220, 1)).astype(np.float32)
+    folds = [np.array([0, 3]), np.array([1, 4]), np.array([2, 5])]
+    pool = fusion.Pool(labels, bounds, np.array([0, 50]), folds, ("valence",))
+    streams = [fusion.Stream("s", i, f"k{i}", "valence", labels[:, 0] + rng.normal(0, 0.5 + i, 220),
+                             rng.uniform(-1, 1, 50)) for i in range(3)]
+    seen = []
+
+    def spy(x, y):
+        seen.append(set(np.round(y, 6).tolist()))
+        return fusion.fitted_weights(x, y)
+
+    fusion.weighted("weighted_fitted", streams, pool, spy)
+    for held_out, fitted_on in zip(folds, seen):  # one fit per fold, then one on everything for test
+        assert not fitted_on & set(np.round(labels[pool.rows(held_out), 0], 6).tolist())
+    assert len(seen) == 4 and seen[-1] == set(np.round(labels[:, 0], 6).tolist())
+
+    fits = []
+    import core.fusion
+    original = core.fusion.fit_fusion_model
+    try:
+        core.fusion.fit_fusion_model = lambda x, y, b, videos, seed: fits.append(videos.tolist()) or original(
+            x, y, b, videos, seed, updates=2)
+        fusion.lstm(streams, pool, lambda x, xt: [fusion.fit_fold(x, xt, pool, k) for k in range(len(folds))])
+    finally:
+        core.fusion.fit_fusion_model = original
+    assert [sorted(set(range(6)) - set(f)) for f in fits] == [f.tolist() for f in folds]
+
+
+def test_test_is_looked_at_once_and_a_rerun_shows_the_stored_result(studies, evaluated):
+    runs_before = len(rows(studies["engine"], FoldRun))
     log = []
-    again = retrain_best("valence", studies["storage"], top_k=1, seeds=1, out_dir=studies["folder"] / "retrain",
-                         log=log.append)
+    again = retrain_best(request(studies, top_k=1, seeds=1), log=log.append)
     assert again["reused"] and again["evaluation_id"] == evaluated["evaluation_id"]
     assert again["test_ccc"] == json.loads(json.dumps(evaluated["test_ccc"]))
     assert "test was already evaluated for study 'valence'" in "\n".join(log)
-    assert len(rows(studies["engine"], TestEvaluation, study="valence")) == 1
-    assert len(rows(studies["engine"], RetrainRun)) == runs_before  # nothing retrained either
+    assert len(rows(studies["engine"], Evaluation, study="valence")) == 1
+    assert [look.number for look in rows(studies["engine"], TestLook, study="valence")] == [1]
+    assert len(rows(studies["engine"], FoldRun)) == runs_before  # nothing retrained either
 
 
-def test_report_renders_its_plots_in_chromium(evaluated, tmp_path):
+def test_a_look_is_counted_even_when_the_run_dies_right_after_it(studies, monkeypatch):
+    from search.retrain import pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while reading test labels")
+
+    monkeypatch.setattr(pipeline, "test_labels", crash)
+    with pytest.raises(RuntimeError, match="killed while reading"):
+        retrain_best(request(studies, "valence_text", top_k=1, seeds=1), log=lambda line: None)
+    assert [look.number for look in rows(studies["engine"], TestLook, study="valence_text")] == [1]
+    assert rows(studies["engine"], Evaluation, study="valence_text") == []
+    monkeypatch.undo()
+    out = retrain_best(request(studies, "valence_text", top_k=1, seeds=1), log=lambda line: None)
+    assert "Test was looked at 2 times for this study" in Path(out["report"]).read_text()
+
+
+def test_the_standard_split_retrains_on_train_and_fuses_over_devel(studies):
+    log = []
+    out = retrain_best(request(studies, "valence_devel", top_k=2, seeds=2), log=log.append)
+    runs = rows(studies["engine"], FoldRun, study="valence_devel")
+    assert {r.split for r in runs} == {"devel"} and {r.protocol for r in runs} == {"folds=1 seed=0"}
+    assert "5 folds over 3 pooled videos" not in "\n".join(log)  # tiny devel: 3 videos, 3 folds
+    assert "3 folds over 3 pooled videos" in "\n".join(log)
+    assert out["delivered"] in out["cv"]
+
+
+def test_report_explains_itself_and_renders_its_plots_in_chromium(evaluated, tmp_path):
     from playwright.sync_api import sync_playwright
     errors = []
     with sync_playwright() as p:
@@ -134,6 +207,8 @@ def test_report_renders_its_plots_in_chromium(evaluated, tmp_path):
         assert plots.count() == 6  # history, importances, parallel coordinates, seeds, devel and test traces
         for i in range(plots.count()):
             assert plots.nth(i).locator(".main-svg").count() >= 1
+        assert page.locator("section").count() == page.locator("p.explain").count() == 8
+        assert "pruned" in page.locator("p.explain").first.inner_text()
         assert page.locator("table").count() == 2 and "lstm" in page.locator("table").nth(1).inner_text()
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
@@ -142,57 +217,87 @@ def test_report_renders_its_plots_in_chromium(evaluated, tmp_path):
 
 
 def test_a_new_test_evaluation_is_recorded_and_flagged(studies, evaluated):
-    out = retrain_best("valence", studies["storage"], top_k=3, seeds=2, new_test_evaluation=True,
-                       out_dir=studies["folder"] / "retrain", log=lambda line: None)
-    assert not out["reused"] and len(rows(studies["engine"], TestEvaluation, study="valence")) == 2
-    assert "Test was evaluated 2 times for this study" in Path(out["report"]).read_text()
+    out = retrain_best(request(studies, top_k=3, seeds=2, new_test_evaluation=True), log=lambda line: None)
+    assert not out["reused"] and len(rows(studies["engine"], Evaluation, study="valence")) == 2
+    assert "Test was looked at 2 times for this study" in Path(out["report"]).read_text()
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"study_name": "nope"}, ConfigError, "study 'nope' not found in .*studies there: "),
-    ({"study_name": "empty"}, ConfigError, "study 'empty' has no completed trials"),
-    ({"study_name": "valence", "seeds": 0}, ConfigError, "--seeds: must be at least 1"),
-    ({"study_name": "valence", "top_k": 0}, ConfigError, "--top-k: must be at least 1"),
-    ({"study_name": "valence", "fuse": ["other_data"], "new_test_evaluation": True}, ConfigError,
-     "study 'other_data' was run on other data"),
-    ({"study_name": "valence", "fuse": ["arousal"], "new_test_evaluation": True}, ConfigError,
-     "--fuse arousal: it predicts \\['arousal'\\].*--inputs-from"),
+def test_more_epochs_train_new_runs_instead_of_reusing_shorter_ones(studies, evaluated):
+    before = {r.id for r in rows(studies["engine"], FoldRun, study="valence")}
+    retrain_best(request(studies, top_k=1, seeds=1, epochs=5, new_test_evaluation=True), log=lambda line: None)
+    new = [r for r in rows(studies["engine"], FoldRun, study="valence") if r.id not in before]
+    assert len(new) == 3 and {r.config["epochs"] for r in new} == {5}
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"study": "nope"}, "study 'nope' not found in .*studies there: "),
+    ({"study": "empty"}, "study 'empty' holds no record of how it was run"),
+    ({"seeds": 0}, "--seeds: must be at least 1"),
+    ({"top_k": 0}, "--top-k: must be at least 1"),
+    ({"fuse": ["other_data"], "new_test_evaluation": True}, "study 'other_data' was run on other data"),
+    ({"fuse": ["arousal"], "new_test_evaluation": True}, "--fuse arousal: it predicts \\['arousal'\\].*--inputs-from"),
+    ({"fuse": ["valence_devel"], "new_test_evaluation": True}, "study 'valence_devel' was scored on other splits"),
+    ({"gpu": 2, "new_test_evaluation": True}, "--cpu/--gpu.gpu: 2 GPUs per task, but the largest node has 1"),
 ])
-def test_bad_requests(studies, kwargs, error, message):
-    with pytest.raises(error, match=message):
-        retrain_best(storage=studies["storage"], out_dir=studies["folder"] / "unused", log=lambda line: None, **kwargs)
+def test_bad_requests(studies, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        retrain_best(request(studies, **changes), log=lambda line: None)
 
 
 def test_top_k_larger_than_the_distinct_configs_uses_what_exists(studies):
     log = []
-    retrain_best("arousal", studies["storage"], top_k=10, seeds=1, out_dir=studies["folder"] / "retrain",
-                 log=log.append)
+    retrain_best(request(studies, "arousal", top_k=10, seeds=1), log=log.append)
     assert "--top-k 10: study 'arousal' has only 2 distinct completed configs; retraining those" in "\n".join(log)
 
 
-def test_a_storage_without_write_access(studies):
+def test_storages_that_cannot_serve_leave_nothing_behind(studies, tmp_path):
     path = studies["storage"].removeprefix("sqlite:///")
     with pytest.raises(StorageError, match="cannot hold the results .*readonly"):
-        retrain_best("valence", f"sqlite:///file:{path}?mode=ro&uri=true", log=lambda line: None)
+        retrain_best(Request("valence", f"sqlite:///file:{path}?mode=ro&uri=true"), log=lambda line: None)
+    with pytest.raises(StorageError, match="no such file .*nowhere.db"):
+        retrain_best(Request("valence", f"sqlite:///{tmp_path / 'nowhere.db'}"), log=lambda line: None)
+    assert not (tmp_path / "nowhere.db").exists()
 
 
-def test_killed_mid_way_a_rerun_reuses_the_finished_seed_runs(studies, evaluated):
+def test_a_failing_run_is_recorded_and_the_others_go_on(studies):
+    import ray
+    from core.corpus import load_corpus
+    from core.splits import make_splits, pool
+    from search.cluster import Resources
+    from search.retrain.runs import Candidate, Plan, retrain
+    from search.study.file import StudySpec
+    study = optuna.load_study(study_name="valence", storage=studies["storage"])
+    spec = StudySpec.from_record(study.user_attrs["spec"], studies["storage"])
+    corpus = load_corpus(spec.data_root, ["egemaps", "fasttext"], ["valence"])
+    plan = Plan(corpus, ray.put(corpus), make_splits(corpus, 3), pool(corpus, 3), "folds=3 seed=0",
+                Resources(1, 0, 2), 1, studies["folder"] / "failing")
+    good = trial_config(study.best_trial)
+    ok = Candidate("failing", 0, None, good, {}, "f")
+    bad = Candidate("failing", 1, None, good.replace(feature_set=("vggish",), normalize=()), {}, "f")  # not loaded
+    log = []
+    runs = retrain(open_results(studies["storage"]), [bad, ok], [0], plan, log.append)
+    assert runs[bad.key] == [] and len(runs[ok.key]) == 1
+    failed = rows(studies["engine"], FoldRun, study="failing", state="FAIL")
+    assert len(failed) == 3 and all("feature_set: vggish not loaded" in r.error for r in failed)
+    assert "FAILED, left out" in "\n".join(log)
+
+
+def test_killed_mid_way_a_rerun_reuses_the_finished_runs(studies, evaluated):
     storage, engine = studies["storage"], studies["engine"]
-    before = len(rows(engine, RetrainRun, study="valence_text"))
-    assert before == 6  # from the fused retrain above; retrain 2 more seeds of its configs
+    before = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE"))
     command = [sys.executable, str(REPO / "search" / "retrain_best.py"), "--study", "valence_text", "--storage", storage,
-               "--top-k", "3", "--seeds", "4", "--cpu", "1", "--out", str(studies["folder"] / "retrain")]
+               "--top-k", "3", "--seeds", "3", "--cpu", "1", "--out", str(studies["folder"] / "retrain"),
+               "--new-test-evaluation"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               cwd=studies["folder"])
     deadline = time.time() + 180
-    while len(rows(engine, RetrainRun, study="valence_text")) < before + 1 and time.time() < deadline:
+    while len(rows(engine, FoldRun, study="valence_text", state="COMPLETE")) < before + 1 and time.time() < deadline:
         time.sleep(0.3)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    stored = len(rows(engine, RetrainRun, study="valence_text"))
-    assert before < stored < before + 6, "killed after some, not all, new seed runs"
-    assert rows(engine, TestEvaluation, study="valence_text") == []
+    stored = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE"))
+    assert before < stored < 27, "killed after some, not all, new runs"
     out = subprocess.run(command, capture_output=True, text=True, cwd=studies["folder"], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"retraining 3 config(s) x 4 seed(s): {stored} run(s) reused, {12 - stored} to train" in out.stdout
-    assert len(rows(engine, RetrainRun, study="valence_text")) == 12
+    assert f"retraining 3 config(s) x 3 seed(s) x 3 split(s): {stored} run(s) reused, {27 - stored} to train" in out.stdout
+    assert len(rows(engine, FoldRun, study="valence_text", state="COMPLETE")) == 27

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.batching import FrameInputs
+from core.config import TrainConfig
 from core.corpus import load_corpus
 from core.errors import ConfigError, TrainingDiverged
 from core.metrics import ccc, loss_sum, masked_ccc
-from core.model import FusionConfig, FusionModel, Model, ModelConfig
-from core.predict import predict_partition, read_predictions, write_predictions
-from core.train import TrainConfig, train
+from core.model import FusionConfig, FusionModel, Model
+from core.predictions import read_predictions, write_predictions
+from core.trainer import train
 
 SMALL = dict(feature_set=("egemaps",), emo_dim_set=("arousal",), normalize=("egemaps",), d_rnn=16, rnn_bi=True,
              n_layers=1, n_heads=2, win_len=60, hop_len=30, batch_size=8, lr=5e-3, epochs=6, seed=1)
@@ -53,8 +53,9 @@ def test_masked_ccc_is_the_ccc_of_each_sequence_over_its_valid_frames():
 @pytest.mark.parametrize("rnn,bi,layers", [("lstm", True, 1), ("gru", False, 2), ("lstm", False, 0)])
 def test_padding_does_not_change_a_videos_predictions(rnn, bi, layers):
     torch.manual_seed(0)
-    model = Model(ModelConfig(d_in=5, n_targets=2, d_rnn=8, n_layers=layers, n_heads=2, rnn=rnn, rnn_bi=bi,
-                              rnn_n_layers=2)).eval()
+    cfg = TrainConfig(emo_dim_set=("arousal", "valence"), d_rnn=8, n_layers=layers, n_heads=2, rnn=rnn, rnn_bi=bi,
+                      rnn_n_layers=2)
+    model = Model(cfg, d_in=5).eval()
     lengths = torch.tensor([30, 12, 1])
     x = torch.randn(3, 30, 5)
     with torch.no_grad():
@@ -65,10 +66,10 @@ def test_padding_does_not_change_a_videos_predictions(rnn, bi, layers):
 
 
 def test_projection_only_when_widths_differ_and_output_bias():
-    same = Model(ModelConfig(d_in=16, d_rnn=16, out_biases=(0.25,)))
+    same = Model(TrainConfig(d_rnn=16, out_biases=(0.25,)), d_in=16)
     assert isinstance(same.proj, torch.nn.Identity)
     assert same.out.fc_2.bias.item() == 0.25
-    other = Model(ModelConfig(d_in=10, d_rnn=16))
+    other = Model(TrainConfig(d_rnn=16), d_in=10)
     assert other.proj.weight.shape == (16, 10) and other.proj.bias is None
 
 
@@ -84,16 +85,16 @@ def test_training_learns_well_above_a_shuffled_label_control(corpus):
     frames = shuffled.frames("train")
     shuffled.labels[frames] = shuffled.labels[frames][np.random.default_rng(0).permutation(frames.stop - frames.start)]
     control = train(shuffled, cfg, log=None)
-    assert learned.best_ccc["arousal"] > 0.6
-    assert control.best_ccc["arousal"] < 0.25
-    assert learned.best_ccc["arousal"] > control.best_ccc["arousal"] + 0.4
+    assert learned.last.score_ccc["arousal"] > 0.6
+    assert control.last.score_ccc["arousal"] < 0.25
+    assert learned.last.score_ccc["arousal"] > control.last.score_ccc["arousal"] + 0.4
 
 
 def test_same_seed_same_run_other_seed_other_run(corpus):
     cfg = TrainConfig(**SMALL | {"epochs": 2, "rnn": "gru", "add_seg_id": True, "attn_dr": 0.1, "out_dr": 0.2})
     a, b = train(corpus, cfg, log=None), train(corpus, cfg, log=None)
     assert [e.train_loss for e in a.history] == [e.train_loss for e in b.history]
-    assert [e.devel_ccc for e in a.history] == [e.devel_ccc for e in b.history]
+    assert [e.select_ccc for e in a.history] == [e.select_ccc for e in b.history]
     for name, value in a.state_dict.items():
         assert torch.equal(value, b.state_dict[name]), name
     c = train(corpus, TrainConfig(**cfg.to_dict() | {"seed": 2}), log=None)
@@ -116,15 +117,16 @@ def test_two_targets_with_loss_weights_and_every_epoch_reported(corpus):
     result = train(corpus, cfg, log=None, on_epoch=seen.append)
     assert [e.epoch for e in seen] == [1, 2, 3]
     assert [e.final for e in seen] == [False, False, True]
-    assert set(result.best_ccc) == {"arousal", "valence"}
-    assert result.best_mean_ccc == pytest.approx(np.mean(list(result.best_ccc.values())))
-    assert result.best_mean_ccc == max(e.mean_ccc for e in seen)
+    assert set(result.last.score_ccc) == {"arousal", "valence"}
+    assert result.last.score == pytest.approx(np.mean(list(result.last.score_ccc.values())))
+    assert result.last.score == max(e.select for e in seen)  # the standard split scores where it selects
 
 
 def test_early_stopping_and_a_callback_that_stops_the_run(corpus):
     result = train(corpus, TrainConfig(**SMALL | {"epochs": 50, "early_stop": 2, "lr": 5e-2}), log=None)
-    assert result.stop_reason == "early_stop" and result.epochs_run == result.best_epoch + 2
-    assert [e.final for e in result.history] == [False] * (result.epochs_run - 1) + [True]
+    last = result.last
+    assert last.stop_reason == "early_stop" and last.epoch == last.best_epoch + 2
+    assert [e.final for e in result.history] == [False] * (last.epoch - 1) + [True]
 
     class Stop(Exception):
         pass
@@ -140,9 +142,8 @@ def test_early_stopping_and_a_callback_that_stops_the_run(corpus):
 def test_best_weights_reproduce_the_best_devel_ccc(corpus):
     cfg = TrainConfig(**SMALL | {"epochs": 3})
     result = train(corpus, cfg, log=None)
-    inputs = FrameInputs(corpus, cfg.feature_set, cfg.normalize, cfg.add_seg_id, cfg.emo_dim_set)
-    preds = predict_partition(result.model(), inputs, corpus, "devel")
-    assert ccc(preds[:, 0], corpus.labels_of("devel")[:, 0]) == pytest.approx(result.best_ccc["arousal"], abs=1e-6)
+    preds = result.predict(corpus.videos("devel"))
+    assert ccc(preds[:, 0], corpus.labels_of("devel")[:, 0]) == pytest.approx(result.last.score_ccc["arousal"], abs=1e-6)
 
 
 def test_diverging_training_is_an_error_not_a_nan_score(tiny_root, tmp_path):
@@ -170,8 +171,7 @@ def test_unknown_setting_is_refused():
 def test_prediction_csvs_round_trip(corpus, tmp_path):
     cfg = TrainConfig(**SMALL | {"emo_dim_set": ("arousal", "valence"), "epochs": 1})
     result = train(corpus, cfg, log=None)
-    inputs = FrameInputs(corpus, cfg.feature_set, cfg.normalize, cfg.add_seg_id, cfg.emo_dim_set)
-    preds = predict_partition(result.model(), inputs, corpus, "test")
+    preds = result.predict(corpus.videos("test"))
     aggregated = write_predictions(tmp_path, corpus, "test", preds, cfg.emo_dim_set)
     np.testing.assert_array_equal(read_predictions(tmp_path, corpus, "test", cfg.emo_dim_set), preds)
     lines = aggregated.read_text().splitlines()
@@ -191,7 +191,7 @@ def test_cli_trains_and_ends_with_one_json_line(tiny_root, tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[1].startswith("epoch   1 | loss")
     summary = json.loads(lines[-1])
-    assert summary["epochs_run"] == 2 and set(summary["best_devel_ccc"]) == {"valence"}
+    assert summary["epochs_run"] == 2 and set(summary["score_ccc"]) == {"valence"} and summary["split"] == "devel"
     assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "test.csv").is_file()
 
 
@@ -200,3 +200,30 @@ def test_cli_reports_a_bad_setting_in_one_line(tiny_root):
                           "--attn", "--d_rnn", "10", "--n_heads", "4"], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: n_heads: attention heads must divide d_rnn (10) (got 4)"
+
+
+def test_training_on_a_fold_selects_on_one_fold_and_scores_another(corpus):
+    from core.splits import make_splits
+    split = make_splits(corpus, 3, seed=0)[0]
+    result = train(corpus, TrainConfig(**SMALL | {"epochs": 3}), split, log=None)
+    labels = corpus.labels_for(split.score)[:, [0]]
+    assert ccc(result.predict(split.score)[:, 0], labels[:, 0]) == pytest.approx(result.last.score_ccc["arousal"],
+                                                                                  abs=1e-6)
+    best = result.history[result.last.best_epoch - 1]
+    select_labels = corpus.labels_for(split.select)[:, 0]
+    assert ccc(result.predict(split.select)[:, 0], select_labels) == pytest.approx(best.select_ccc["arousal"], abs=1e-6)
+    assert best.select_ccc != result.last.score_ccc  # other videos
+
+
+def test_a_training_frame_cap_stops_the_run(corpus):
+    from core.windows import train_windows
+    per_epoch = int(train_windows(corpus, corpus.videos("train"), 60, 30)[1].sum())
+    result = train(corpus, TrainConfig(**SMALL | {"epochs": 10, "max_frames": 2 * per_epoch + 1}), log=None)
+    assert result.last.stop_reason == "max_frames" and result.last.epoch == 3
+    assert [e.frames for e in result.history] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+
+
+def test_predictions_stay_in_the_label_range(corpus):
+    result = train(corpus, TrainConfig(**SMALL | {"epochs": 1, "lr": 1e-6, "out_biases": (5.0,)}), log=None)
+    preds = result.predict(corpus.videos("devel"))
+    assert preds.max() == 1.0  # the bias alone would put every prediction near 5

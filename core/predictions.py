@@ -1,4 +1,4 @@
-"""Per-frame predictions of whole videos, and the challenge's CSV form of them."""
+"""Prediction files in the challenge's CSV form: a consumer of the per-frame predictions of evaluate.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,32 +6,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import torch
-import torch.nn as nn
 
-from core.batching import FrameInputs
 from core.corpus import Corpus
 from core.errors import DataError
-from core.windows import video_batches
-
-# Frames per forward pass, padding included: whole-video evaluation batches and the pieces a training
-# batch is computed in. It bounds memory (1.2 GB peak on the benchmark) at no measurable cost in speed.
-FRAMES_PER_PASS = 1 << 14
-
-
-def predict_partition(model: nn.Module, inputs: FrameInputs, corpus: Corpus, partition: str,
-                      max_frames: int = FRAMES_PER_PASS) -> np.ndarray:
-    """(frames of the partition, n_targets) predictions, in corpus frame order."""
-    model.eval()
-    frames = corpus.frames(partition)
-    out = np.empty((frames.stop - frames.start, inputs.labels.shape[1]), np.float32)
-    with torch.no_grad():
-        for videos in video_batches(corpus, partition, max_frames):
-            starts = corpus.offsets[videos]
-            batch = inputs.batch(starts, corpus.offsets[videos + 1] - starts, with_labels=False)
-            pred = model(batch.x, batch.lengths)
-            out[(batch.frames[batch.mask] - frames.start).cpu().numpy()] = pred[batch.mask].float().cpu().numpy()
-    return out
 
 
 def write_predictions(out_dir: str | Path, corpus: Corpus, partition: str, preds: np.ndarray,

@@ -1,6 +1,8 @@
 """Opening an Optuna storage: SQLite by default, PostgreSQL for several machines.
 
 A URL that does not answer fails within seconds with one clear message; passwords never reach logs.
+A driver's storage has Optuna's trial heartbeat on: a RUNNING trial whose heartbeat stops (its
+driver died) is failed by any driver after STALE_AFTER_S and does not count against the budget.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from sqlalchemy.engine import make_url
 from core.errors import UserError
 
 CONNECT_TIMEOUT_S = 5
+HEARTBEAT_S = int(os.environ.get("MUSE_HEARTBEAT_S", 10))  # tests shorten it
+STALE_AFTER_S = 6 * HEARTBEAT_S
 RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # then the error stands: the storage is really gone
 T = TypeVar("T")
 
@@ -28,14 +32,30 @@ class StorageError(UserError, RuntimeError):
 
 
 def mask(url: str) -> str:
-    """The URL with its password replaced by ***, fit for logs and reports."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy can parse: hide anything between ':' and '@'
-        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The URL with every password in it replaced by ***, fit for logs, errors, reports and stored records:
+    the user-info part (up to the last '@' before the host, so 'u:p@ss@host' too) and query values such
+    as ?password=... or ?sslpassword=...."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority_end = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    authority, tail = rest[:authority_end], rest[authority_end:]
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}{':***' if colon else ''}@{host}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query = "&".join(f"{k}={'***' if _secret(k) else v}" for k, _, v in (p.partition("=") for p in query.split("&")))
+    return f"{scheme}://{authority}{path}{qmark}{query}"
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def _secret(key: str) -> bool:
+    return any(word in key.lower() for word in ("password", "passwd", "secret", "token"))
+
+
+def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+    """The storage at url; create=False refuses a SQLite file that does not exist yet (nothing to read there)."""
     try:
         parsed = make_url(url)
     except Exception:
@@ -45,12 +65,16 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise StorageError(f"storage {mask(url)}: use sqlite:///path.db or postgresql://...")
     engine_kwargs: dict = {"pool_pre_ping": True}  # a dropped connection is replaced, not reused
     if parsed.get_backend_name() == "sqlite":
+        path = (parsed.database or "").removeprefix("file:") if parsed.query.get("uri") == "true" else parsed.database
+        if not create and path not in (None, "", ":memory:") and not Path(path).is_file():
+            raise StorageError(f"storage {mask(url)}: no such file {path} (no study was stored there)")
         _prepare_sqlite(parsed.database, url)
         engine_kwargs["connect_args"] = {"timeout": 30}  # wait for a busy writer instead of failing
     elif parsed.get_backend_name() == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "muse-search"}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": STALE_AFTER_S} if heartbeat else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"storage {mask(url)} does not answer or cannot be used: {reason}") from None

@@ -1,14 +1,16 @@
 """The driver's and the storage's cost per trial, without training: trials that report made-up
 devel CCCs go through the same path as real ones (Ray Tune, ASHA, the searcher, Optuna's storage).
 
-    python -m search.scale_bench [--storage postgresql://postgres@127.0.0.1:5432/test] [--trials 500]
+    python -m bench.scale [--storage postgresql://postgres@127.0.0.1:5432/test] [--trials 500]
 
-Prints finished trials (tells) per second, the driver's CPU use, and the storage's commits per trial
-(PostgreSQL's own counter), which bound how many drivers and trials one database can serve.
+Prints finished trials (tells) per second, the driver's CPU use, the storage's commits per trial
+(PostgreSQL's own counter) and how many single-row commits per second the server takes from one
+client: together they bound how many drivers and trials one database can serve.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import random
 import resource
 import tempfile
@@ -22,23 +24,33 @@ from ray import tune
 from sqlalchemy.engine import make_url
 
 from core.synthetic import generate
-from search.run_study import run_study
-from search.study_file import load_study_file
+from search.study.driver import run_study
+from search.study.file import load_study_file
+from search.study.trainable import TrialReport
 
 EPOCHS = 3
 
 
-def fake_trial(config: dict, corpus_ref) -> None:
-    """Reports EPOCHS made-up epochs at once, with the keys a real trial reports."""
+def fake_trial(config: dict, corpus_ref, splits) -> None:
+    """Reports EPOCHS made-up epochs of one fold at once, as a real trial reports them."""
     rng = random.Random(config["trial_number"])
-    best, started = 0.0, time.time()
+    cfg, best = config["train"], 0.0
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     for epoch in range(1, EPOCHS + 1):
-        value = rng.random()
-        best = max(best, value)
-        tune.report({"epoch": epoch, "devel_ccc": value, "best_devel_ccc": best, "best_epoch": epoch,
-                     "best_devel_ccc_valence": best, "train_loss": 1 - value, "final": epoch == EPOCHS,
-                     "stop_reason": "max_epochs" if epoch == EPOCHS else None, "started_at": started,
-                     "device": "cpu", "gpu_ids": []})
+        best = max(best, rng.random())
+        tune.report(TrialReport(epoch, 1, cfg.max_frames * epoch // EPOCHS, [best], {"valence": [best]}, best,
+                                "max_frames" if epoch == EPOCHS else None, "cpu", [], 1, started).to_result())
+
+
+def commits_per_second(url: str, n: int = 2000) -> float:
+    """Single-row INSERT + COMMIT from one client into a temporary table: what the server takes."""
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as db:
+        db.execute("CREATE TEMPORARY TABLE commit_probe (n integer)")
+        start = time.perf_counter()
+        for i in range(n):
+            db.execute("INSERT INTO commit_probe VALUES (%s)", (i,))
+        return n / (time.perf_counter() - start)
 
 
 def commits(url: str) -> int:
@@ -48,17 +60,19 @@ def commits(url: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--trials", type=int, default=500)
-    parser.add_argument("--cpu", type=float, default=0.25, help="CPUs per (fake) trial: how many run at once")
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="a PostgreSQL storage (default: %(default)s)")
+    parser.add_argument("--trials", type=int, default=500, help="fake trials (default: %(default)s)")
+    parser.add_argument("--cpu", type=float, default=0.25,
+                        help="CPUs per (fake) trial: how many run at once (default: %(default)s)")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="muse-scale-")) / "muse"
     name = f"scale-{uuid.uuid4().hex[:8]}"
     spec = load_study_file("studies/demo.yaml", {"storage": args.storage, "data": str(root), "study": name,
                                                  "trials": args.trials, "max_epochs": EPOCHS, "cpu": args.cpu})
     # tiny features, but every set the demo space can choose: the trials never look at them
-    generate(root, videos=6, seed=0, feature_dims=dict.fromkeys(spec.space.feature_sets(), 4),
+    generate(root, videos=12, seed=0, feature_dims=dict.fromkeys(spec.space.feature_sets(), 4),
              min_frames=60, max_frames=80)
     before_commits, before_cpu = commits(args.storage), resource.getrusage(resource.RUSAGE_SELF)
     start = time.time()
@@ -75,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'driver CPU per trial, ms':44s} {1000 * driver_cpu / summary['trials']:.0f}")
     print(f"{'storage time in the searcher per trial, ms':44s} {1000 * summary['storage_s'] / summary['trials']:.0f}")
     print(f"{'database commits per trial (all clients)':44s} {per_trial:.1f}")
+    print(f"{'server: single-row commits per second':44s} {commits_per_second(args.storage):,.0f}")
 
 
 if __name__ == "__main__":

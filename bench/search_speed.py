@@ -1,6 +1,6 @@
 """Speed and memory of the search service.
 
-    python -m search.bench [--data data/synthetic] [--study-file studies/demo.yaml]
+    python -m bench.search_speed [--data data/synthetic] [--study-file studies/demo.yaml]
 
 Prints: trials per hour of the demo study on this machine, the overhead per trial (from the
 searcher's suggestion to the trial's process start, plus the searcher's storage writes), and the
@@ -20,8 +20,8 @@ from pathlib import Path
 import optuna
 import psutil
 
-from search.run_study import run_study
-from search.study_file import load_study_file
+from search.study.driver import run_study
+from search.study.file import load_study_file
 
 
 class PeakPss:
@@ -58,8 +58,8 @@ class PeakPss:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study-file", default="studies/demo.yaml")
+    parser = argparse.ArgumentParser(prog="python -m bench.search_speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--study-file", default="studies/demo.yaml", help="the study (default: %(default)s)")
     parser.add_argument("--data", help="data root (default: the study file's)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="muse-search-bench-"))

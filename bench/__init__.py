@@ -1,0 +1,1 @@
+"""Benchmarks: each prints the figures the README and docs quote, with the command that made them."""

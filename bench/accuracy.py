@@ -1,0 +1,210 @@
+"""Accuracy on data the search never saw: the entry's config vs the search's choice vs fusion vs random search.
+
+    python -m bench.accuracy [--sets s40 s60 s100] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
+
+Per synthetic data set (other seeds, lags, noise levels and sizes than the data the project was
+built on) and target:
+- the entry's README config, trained as the entry did (train on train, early stopping on devel, 100
+  epochs), 5 seeds: devel CCC (selected on devel, so optimistic) and test CCC;
+- the same config under the service's protocol (a study of that one config: 5 folds of train+devel
+  with the study's frame cap, retrained with 5 seeds, each seed's 5 fold models averaged on test);
+- the TPE study (studies/accuracy.yaml, started from the entry's config), retrain-best of its top 2
+  configs with 5 seeds: the chosen config and the best fusion;
+- a random-search study with the same budget (trials, folds, caps, ASHA), retrain-best of its top config.
+Each line shows CV (or devel) CCC, test CCC (mean ± std over seeds) and the drop from one to the other.
+Then: training frames per study (equal compute), how often each feature-set combination was tried,
+and the rank correlation between the values at each ASHA rung and the final values. Every look at
+test is recorded in the study database. Everything is stored, so a rerun continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+DATASETS = {  # name: generator settings (synthetic.generate's arguments)
+    "s40": dict(videos=40, seed=101, lag=8, noise=1.0, min_frames=800, max_frames=2400),
+    "s60": dict(videos=60, seed=102, lag=4, noise=0.8, min_frames=600, max_frames=1800),
+    "s100": dict(videos=100, seed=103, lag=12, noise=1.2, min_frames=600, max_frames=1800),
+}
+SEEDS = 5
+STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "accuracy.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+                        help="synthetic data sets (default: all)")
+    parser.add_argument("--targets", nargs="+", default=["valence", "arousal"], help="targets (default: both)")
+    parser.add_argument("--data", default="data/accuracy", help="where the data sets go (default: %(default)s)")
+    parser.add_argument("--storage", default="sqlite:///runs/accuracy.db", help="study storage (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("runs/accuracy"), help="predictions (default: %(default)s)")
+    parser.add_argument("--trials", type=int, help="study budget (default: the study file's)")
+    args = parser.parse_args(argv)
+    from core.errors import run_command
+    return run_command(lambda: benchmark(args))
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    from core.synthetic import generate, settings_of, written_with
+    from core.threads import use_threads
+
+    use_threads(1)
+    results = []
+    for name in args.sets:
+        root = f"{args.data}/{name}"
+        if written_with(root) != settings_of(**DATASETS[name]):
+            generate(root, **DATASETS[name])
+        for target in args.targets:
+            start = time.time()
+            results.append(one(args, name, root, target) | {"minutes": (time.time() - start) / 60})
+            report(results[-1:])
+    print("\n==== all data sets ====")
+    report(results)
+
+
+def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
+    """Every model of one data set and target; prints as it goes."""
+    from search.retrain.pipeline import Request, retrain_best
+    from search.study.driver import run_study
+    from search.study.file import load_study_file
+
+    prefix = f"acc_{name}_{target}"
+    common = {"storage": args.storage, "data": root, "target": target, "trials": args.trials}
+    print(f"\n==== data set {name} ({DATASETS[name]}), target {target} ====", flush=True)
+    specs = {"tpe": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_tpe"}),
+             "random": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_random", "sampler": "random"}),
+             "entry": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_entry", "trials": 1, "pruner": "none"})}
+    log = _prefixed(prefix)
+    for spec in specs.values():
+        run_study(spec, log=log)
+    out = {}
+    for kind, top_k in (("tpe", 2), ("random", 1), ("entry", 1)):
+        out[kind] = retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=SEEDS,
+                                         out_dir=args.out), log=log)
+    return {"set": name, "target": target, "entry_protocol": entry_protocol(args, root, target, prefix),
+            **out, "frames": {k: train_frames(args.storage, s.name) for k, s in specs.items() if k != "entry"},
+            "combinations": combinations(args.storage, specs["tpe"].name),
+            "rungs": rung_correlations(args.storage, specs["tpe"])}
+
+
+def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str) -> dict:
+    """The entry's config trained the entry's way (train, early stopping on devel), SEEDS seeds; test looked at once."""
+    import numpy as np
+    import ray
+
+    from bench.entry import entry_config
+    from core.corpus import load_corpus
+    from core.metrics import ccc
+    from core.splits import make_splits, pool
+    from search.cluster import Resources, ensure_ray
+    from search.retrain.pipeline import test_labels
+    from search.retrain.results import open_results, record_look
+    from search.retrain.runs import Candidate, Plan, retrain
+
+    config = entry_config(target)
+    corpus = load_corpus(root, config.feature_set, [target])
+    ensure_ray(None, print)
+    engine = open_results(args.storage)
+    study = f"{prefix}_entry_protocol"
+    plan = Plan(corpus, ray.put(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
+                Resources(1, 0, 2), 1, args.out)
+    candidate = Candidate(study, None, None, config, {}, corpus.fingerprint)
+    runs = retrain(engine, [candidate], list(range(SEEDS)), plan, _prefixed(study))[candidate.key]
+    record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
+    labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]
+    return {"devel": [r.objective for r in runs], "test": [ccc(r.test[:, 0], labels) for r in runs]}
+
+
+def train_frames(storage: str, study: str) -> int:
+    """Training frames the study's trials processed (their last reported progress): its compute."""
+    import optuna
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return int(sum(max(t.intermediate_values, default=0) for t in trials))
+
+
+def combinations(storage: str, study: str) -> Counter:
+    import optuna
+
+    from search.study.searcher import trial_config
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return Counter("+".join(trial_config(t).feature_set) for t in trials if trial_config(t))
+
+
+def rung_correlations(storage: str, spec) -> dict[str, tuple[float, int]]:
+    """Spearman correlation, over the trials that ran every fold, between the value each ASHA rung saw
+    and the final value: how well the early looks predict the end."""
+    import math
+
+    import optuna
+    from optuna.trial import TrialState
+    from scipy.stats import spearmanr
+
+    from search.study.searcher import trial_config
+
+    trials = [t for t in optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False)
+              if t.state == TrialState.COMPLETE]
+    if len(trials) < 3:
+        return {}
+    frames = trial_config(trials[0]).max_frames
+    factor = spec.reduction_factor
+    per_fold = max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(factor) + 1e-9))
+    milestone, out = frames // factor ** per_fold, {}
+    while milestone < frames * spec.folds:
+        seen = [next(v for s, v in sorted(t.intermediate_values.items()) if s >= milestone) for t in trials]
+        out[f"{milestone / frames:.2f} folds"] = (float(spearmanr(seen, [t.value for t in trials]).statistic), len(trials))
+        milestone *= factor
+    return out
+
+
+def report(results: list[dict]) -> None:
+    import numpy as np
+
+    def ms(values) -> str:
+        return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+    for r in results:
+        target = r["target"]
+        entry, tpe, rnd, service = r["entry_protocol"], r["tpe"], r["random"], r["entry"]
+        fused = {m: t[target] for m, t in tpe["fusions"].items()}
+        best = tpe["delivered"]
+        rows = [("entry config, entry's protocol (devel)", ms(entry["devel"]), ms(entry["test"]),
+                 np.mean(entry["devel"]) - np.mean(entry["test"])),
+                _single("entry config, service protocol", service, target),
+                _single("search (TPE): chosen config", tpe, target),
+                (f"search (TPE): delivered ({best})", f"{tpe['cv'][best][target]:.4f}", f"{fused[best]:.4f}",
+                 tpe["cv"][best][target] - fused[best]),
+                _single("random search: chosen config", rnd, target)]
+        print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min)")
+        print(f"  {'model':44s} {'CV or devel CCC':18s} {'test CCC (5 seeds)':18s} drop")
+        for label, cv, test, drop in rows:
+            print(f"  {label:44s} {cv:18s} {test:18s} {drop:+.4f}")
+        base = np.mean(entry["test"])
+        chosen = tpe["test_ccc"][target]["mean"]
+        print(f"  chosen - entry (test): {chosen - base:+.4f} (target +0.05); delivered - entry: "
+              f"{fused[best] - base:+.4f} (target +0.08); best fusion - entry: {max(fused.values()) - base:+.4f}")
+        print(f"  drop chosen - drop entry: {rows[2][3] - rows[0][3]:+.4f} (target <= +0.01); "
+              f"TPE - random (test): {chosen - rnd['test_ccc'][target]['mean']:+.4f} (target >= 0)")
+        print(f"  training frames: TPE {r['frames']['tpe']:,}, random {r['frames']['random']:,}")
+        print(f"  feature sets tried (TPE): {dict(r['combinations'])}")
+        print("  rank correlation of rung values with final values (TPE): "
+              + ", ".join(f"{k}: {rho:+.2f} (n={n})" for k, (rho, n) in r["rungs"].items()))
+
+
+def _single(label: str, out: dict, target: str) -> tuple:
+    row = out["ranking"].iloc[0]
+    test = out["test_ccc"][target]
+    return (label, f"{row['mean']:.4f} ± {row['std']:.4f}", f"{test['mean']:.4f} ± {test['std']:.4f}",
+            row["mean"] - test["mean"])
+
+
+def _prefixed(prefix: str):
+    def log(line: str) -> None:
+        print(f"[{prefix}] {line}", flush=True)
+    return log
+
+
+if __name__ == "__main__":
+    sys.exit(main())

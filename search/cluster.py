@@ -1,0 +1,63 @@
+"""The Ray cluster both commands run on: joining or starting it, and fitting work to its nodes.
+
+A request no node can hold (more GPUs or CPUs per trial than the largest node has) is refused up
+front with one clear error, instead of waiting forever for resources that never come.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float
+    gpu: float
+    concurrent: int  # how many such tasks the cluster holds at once
+
+    def options(self) -> dict:
+        return {"num_cpus": self.cpu, "num_gpus": self.gpu}
+
+
+def ensure_ray(address: str | None, log: Callable[[str], None]) -> None:
+    """Join the given cluster, or reuse the running Ray, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        # "local" starts a Ray of this process' own, even where another Ray runs on the machine
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
+    except ConnectionError as e:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e})") from None
+    resources = ray.cluster_resources()
+    log(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def fit_resources(cpu: float, gpu: float, max_concurrent: int | None, what: str,
+                  log: Callable[[str], None]) -> Resources:
+    """Resources per task on this cluster; GPUs asked of a cluster that has none become CPUs.
+    `what` names the setting in errors (e.g. "resources" of a study file, or "--cpu/--gpu")."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    most_cpus = max(n.get("CPU", 0) for n in nodes)
+    most_gpus = max(n.get("GPU", 0) for n in nodes)
+    if gpu > 0 and most_gpus == 0:
+        log(f"{what}: {gpu:g} GPU per task, but the Ray cluster has no GPU: running on CPUs")
+        gpu = 0.0
+    if gpu > most_gpus:
+        raise ConfigError(f"{what}.gpu: {gpu:g} GPUs per task, but the largest node has {most_gpus:g}")
+    if cpu > most_cpus:
+        raise ConfigError(f"{what}.cpu: {cpu:g} CPUs per task, but the largest node has {most_cpus:g}")
+    fits = sum(min(math.floor(n.get("CPU", 0) / cpu + 1e-9),
+                   math.floor(n.get("GPU", 0) / gpu + 1e-9) if gpu else 10 ** 6) for n in nodes)
+    if fits < 1:
+        raise ConfigError(f"{what}: no node has room for one task of {cpu:g} CPU and {gpu:g} GPU")
+    return Resources(cpu, gpu, min(max_concurrent or fits, fits))

@@ -1,0 +1,228 @@
+"""Retrain a study's best distinct configs with several seeds on every split, in parallel through Ray.
+
+A run is one (config, seed, split). Each finished run is written at once (predictions on disk, a row
+in the study's database), so a retrain that is killed and rerun trains only what is missing; a run
+that fails (diverges, or its worker dies) is recorded as FAIL and the others go on. A seed's result
+is its runs over all splits: the mean of their scores (the study's objective) and its out-of-split
+predictions of the pooled videos, with test predictions averaged over its split models.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.config import TrainConfig
+from core.corpus import Corpus
+from core.errors import ConfigError
+from core.splits import Split
+from search.cluster import Resources
+from search.retrain.results import FoldRun, code_version
+from search.study.searcher import trial_config
+
+
+@dataclass
+class Candidate:
+    study: str
+    trial: int | None  # None for a config given directly (the entry's)
+    search_value: float | None  # its value in the search (one seed: the lucky one, maybe)
+    config: TrainConfig  # as it is retrained (epochs and frame cap included)
+    params: dict  # what the search sampled, for people to read
+    fingerprint: str  # of the study's data: its runs are keyed by it
+
+    @property
+    def key(self) -> str:
+        return self.config.key()
+
+    @property
+    def label(self) -> str:
+        return f"{self.study}#{self.trial}"
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    run_ids: list[int]
+    fold_ccc: list[float]  # per split: mean CCC over targets on its scoring videos
+    target_ccc: dict[str, list[float]]
+    oof: np.ndarray  # (pooled frames, targets): every pooled video predicted by the split that scores it
+    test: np.ndarray  # (test frames, targets): mean over the split models
+
+    @property
+    def objective(self) -> float:
+        return float(np.mean(self.fold_ccc))
+
+
+@dataclass
+class Plan:
+    """Where and how runs are made: shared by every study of one retrain."""
+    corpus: Corpus  # without test labels
+    corpus_ref: object  # the same corpus in Ray's object store
+    splits: list[Split]
+    pool: np.ndarray  # video indices whose out-of-split predictions the splits yield
+    protocol: str
+    resources: Resources
+    threads: int
+    out_dir: Path
+
+
+def top_configs(study: optuna.Study, k: int, epochs: int | None, fingerprint: str,
+                log: Callable[[str], None]) -> list[Candidate]:
+    """The k best COMPLETE trials whose training configs differ (a config sampled twice counts once),
+    as they will be retrained: with `epochs` (and a frame cap scaled alike) when given."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_config(t)]
+    if not complete:
+        raise ConfigError(f"study {study.study_name!r} has no completed trials to retrain")
+    chosen: dict[str, Candidate] = {}
+    for t in sorted(complete, key=lambda t: -t.value):
+        config = trial_config(t)
+        if epochs:
+            config = config.replace(epochs=epochs, max_frames=config.max_frames * epochs // config.epochs)
+        candidate = Candidate(study.study_name, t.number, t.value, config, t.params, fingerprint)
+        chosen.setdefault(candidate.key, candidate)
+        if len(chosen) == k:
+            break
+    if len(chosen) < k:
+        log(f"--top-k {k}: study {study.study_name!r} has only {len(chosen)} distinct completed configs; "
+            f"retraining those")
+    return list(chosen.values())
+
+
+def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int) -> dict:
+    """A Ray task: one config (with its seed) on one split; the best epoch's predictions of the split's
+    scoring videos and of the test videos."""
+    import ray
+    import torch
+
+    from core.threads import use_threads
+    from core.trainer import train
+
+    use_threads(threads)
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    result = train(corpus, config, split, device=device, log=None)
+    return {"summary": result.summary(), "score": result.predict(split.score),
+            "test": result.predict(np.arange(*corpus.partition_videos["test"]))}
+
+
+def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
+            log: Callable[[str], None]) -> dict[str, list[SeedRun]]:
+    """Every (candidate, seed, split) run, reusing those already in the database; per candidate key
+    the seeds whose runs all finished."""
+    import ray
+
+    task = ray.remote(train_split).options(**plan.resources.options(), max_retries=0)
+    stored, pending = {}, {}
+    for c in candidates:
+        for seed in seeds:
+            for split in plan.splits:
+                row = _stored(engine, c, seed, split, plan)
+                if row is not None:
+                    stored[(c.key, seed, split.name)] = row
+                else:
+                    config = c.config.replace(seed=seed)
+                    pending[task.remote(plan.corpus_ref, config, split, plan.threads)] = (c, seed, split, time.time())
+    reused, total = len(stored), len(stored) + len(pending)
+    log(f"retraining {len(candidates)} config(s) x {len(seeds)} seed(s) x {len(plan.splits)} split(s): "
+        f"{len(stored)} run(s) reused, {len(pending)} to train, {plan.resources.concurrent} at a time")
+    started, done = time.time(), 0
+    while pending:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        c, seed, split, _ = pending.pop(ready)
+        done += 1
+        try:
+            row = _store(engine, c, seed, split, plan, ray.get(ready))
+            stored[(c.key, seed, split.name)] = row
+            outcome = f"CCC {np.mean(list(row.score_ccc.values())):.4f} ({row.epochs_run} epochs, {row.seconds:.0f}s)"
+        except ray.exceptions.RayError as e:  # the task raised, or its worker died (killed, out of memory)
+            reason = str(getattr(e, "cause", None) or e).strip().splitlines()[0][:300]
+            _store_failure(engine, c, seed, split, plan, reason)
+            outcome = f"FAILED, left out ({reason}); a rerun tries it again"
+        left = (time.time() - started) / done * len(pending)
+        log(f"  [{reused + done}/{total}] {c.label} seed {seed} "
+            f"{split.name}: {outcome} | about {left / 60:.0f} min left")
+    return {c.key: _seed_runs(c, seeds, stored, plan) for c in candidates}
+
+
+def _seed_runs(c: Candidate, seeds: list[int], stored: dict, plan: Plan) -> list[SeedRun]:
+    """The seeds of a candidate whose runs finished on every split, assembled over the pool."""
+    rows_of = pool_rows(plan.corpus, plan.pool)
+    out = []
+    for seed in seeds:
+        rows = [stored.get((c.key, seed, s.name)) for s in plan.splits]
+        if any(r is None for r in rows):
+            continue
+        oof = np.empty((sum(len(r) for r in rows_of.values()), len(c.config.emo_dim_set)), np.float32)
+        tests = []
+        for split, row in zip(plan.splits, rows):
+            folder = Path(row.predictions)
+            oof[np.concatenate([rows_of[v] for v in split.score.tolist()])] = np.load(folder / "score.npy")
+            tests.append(np.load(folder / "test.npy"))
+        targets = c.config.emo_dim_set
+        out.append(SeedRun(seed, [r.id for r in rows], [float(np.mean(list(r.score_ccc.values()))) for r in rows],
+                           {t: [r.score_ccc[t] for r in rows] for t in targets}, oof, np.mean(tests, axis=0)))
+    return out
+
+
+def pool_rows(corpus: Corpus, pool: np.ndarray) -> dict[int, np.ndarray]:
+    """Each pooled video's rows in arrays over the pool's frames (videos in pool order)."""
+    lengths = corpus.lengths(pool)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return {v: np.arange(f, f + n) for v, f, n in zip(pool.tolist(), first.tolist(), lengths.tolist())}
+
+
+def _where(c: Candidate, seed: int, split: Split, plan: Plan):
+    return (FoldRun.study == c.study, FoldRun.config_key == c.key, FoldRun.seed == seed,
+            FoldRun.split == split.name, FoldRun.protocol == plan.protocol,
+            FoldRun.data_fingerprint == c.fingerprint)
+
+
+def _stored(engine, c: Candidate, seed: int, split: Split, plan: Plan) -> FoldRun | None:
+    with Session(engine) as session:
+        row = session.scalars(select(FoldRun).where(*_where(c, seed, split, plan), FoldRun.state == "COMPLETE")).first()
+        if row is None or not all((Path(row.predictions) / f).is_file() for f in ("score.npy", "test.npy")):
+            return None  # never trained, failed, or its files were removed: train it (again)
+        session.expunge(row)
+        return row
+
+
+def _replace(session: Session, row: FoldRun, c: Candidate, seed: int, split: Split, plan: Plan) -> FoldRun:
+    """Write row in place of an earlier one for the same run (failed, or whose files were lost)."""
+    for stale in session.scalars(select(FoldRun).where(*_where(c, seed, split, plan))).all():
+        session.delete(stale)
+    session.flush()
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _store(engine, c: Candidate, seed: int, split: Split, plan: Plan, out: dict) -> FoldRun:
+    summary = out["summary"]
+    with Session(engine) as session, session.begin():
+        row = _replace(session, FoldRun(
+            study=c.study, trial_number=c.trial, config_key=c.key, config=c.config.replace(seed=seed).to_dict(),
+            seed=seed, split=split.name, protocol=plan.protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
+            best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
+            code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
+        folder = plan.out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.name.replace('/', 'of').replace(' ', '-')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "score.npy", out["score"])
+        np.save(folder / "test.npy", out["test"])
+        row.predictions = str(folder)
+        session.flush()
+        session.expunge(row)
+    return row
+
+
+def _store_failure(engine, c: Candidate, seed: int, split: Split, plan: Plan, error: str) -> None:
+    with Session(engine) as session, session.begin():
+        _replace(session, FoldRun(study=c.study, trial_number=c.trial, config_key=c.key,
+                                  config=c.config.replace(seed=seed).to_dict(), seed=seed, split=split.name,
+                                  protocol=plan.protocol, state="FAIL", error=error, code_version=code_version(),
+                                  data_fingerprint=c.fingerprint), c, seed, split, plan)

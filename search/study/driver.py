@@ -1,0 +1,259 @@
+"""Running a study: create or resume it, plan its folds and fidelity, and drive its trials through Ray Tune.
+
+Several drivers (run_study.py processes, on one machine or many) may work on one study. Each beats
+Optuna's heartbeat for the trials it runs; a RUNNING trial whose heartbeat stopped (its driver
+died) is failed by any driver, keeps no stop reason and does not count against the budget.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+import os
+import secrets
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from core.corpus import Corpus, load_corpus
+from core.errors import ConfigError
+from core.splits import Split, make_splits
+from search.study.file import StudySpec
+from search.study.searcher import DRIVER, RecordingASHA, StudySearcher, counts_against_budget, trial_config
+from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage
+from search.study.trainable import METRIC, TIME_ATTR, objective
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # multivariate + group model the conditional space jointly; constant_liar keeps parallel
+        # trials from all being proposed at the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":  # CMA-ES samples numbers; categorical choices fall back to TPE
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                            independent_sampler=optuna.samplers.TPESampler(seed=seed))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    raise ConfigError(f"sampler: unknown {name!r}")
+
+
+def metric_name(spec: StudySpec) -> str:
+    targets = " + ".join(spec.targets)
+    return f"devel CCC {targets}" if spec.folds == 1 else f"CCC {targets}, mean over {spec.folds} folds of train+devel"
+
+
+def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int, int]:
+    """Training frames per fold (every trial's cap on each split) and ASHA's grace period, both in
+    training frames, so that a large batch and a small one are judged after the same work; the rungs
+    (grace * factor**k) fall on the end of a fold."""
+    per_pass = float(np.mean([corpus.lengths(s.train).sum() for s in splits]))
+    factor = spec.reduction_factor
+    rungs_per_fold = max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(factor) + 1e-9))
+    grace = max(1, round(per_pass * spec.max_epochs / factor ** rungs_per_fold))
+    return grace * factor ** rungs_per_fold, grace
+
+
+def fail_stale(study: optuna.Study, log: Callable[[str], None]) -> list[int]:
+    """Fail other drivers' dead trials: those whose heartbeat stopped, and those left RUNNING without
+    one (asked by a driver that died, or whose answer was lost, before its first beat)."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    now = dt.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "driver" not in t.user_attrs and (now - t.datetime_start).total_seconds() > STALE_AFTER_S:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    after = {t.number: t for t in study.get_trials(deepcopy=False)}
+    failed = sorted(n for n in running if not counts_against_budget(after[n]))
+    if failed:
+        log(f"marked {len(failed)} stale RUNNING trial(s) of a dead driver as FAIL: {', '.join(map(str, failed))}")
+    return failed
+
+
+def register(study: optuna.Study, driver: str) -> bool:
+    """Note this driver in the study (refreshed by its heartbeat); True if another one beat lately.
+    Each driver writes, then reads: of two starting at once, at least the later reader sees the other."""
+    study.set_user_attr(f"driver:{driver}", time.time())
+    return any(key.startswith("driver:") and key != f"driver:{driver}" and time.time() - beat < STALE_AFTER_S
+               for key, beat in study.user_attrs.items())
+
+
+class Heartbeat:
+    """Beats for this driver's running trials every HEARTBEAT_S, and fails other drivers' stale trials."""
+
+    def __init__(self, study: optuna.Study, beat: Callable[[], None], log: Callable[[str], None]):
+        self.study, self.beat, self.log = study, beat, log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="study-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * HEARTBEAT_S)
+        self.study.set_user_attr(f"driver:{DRIVER}", 0)  # gone: a driver starting now need not avoid it
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+                self.study.set_user_attr(f"driver:{DRIVER}", time.time())
+                fail_stale(self.study, self.log)
+            except Exception as e:  # a storage hiccup must not kill the driver; the next beat retries
+                self.log(f"heartbeat failed ({type(e).__name__}: {e}); retrying in {HEARTBEAT_S} s")
+
+
+def _incompatible(old: dict, new: dict) -> list[str]:
+    """Parameters of both spaces whose distribution Optuna would refuse to change: choices, kind, log scale."""
+    def shape(p: dict) -> tuple:
+        return ("categorical", p.get("choices") or p.get("subsets_of")) if "type" not in p else (p["type"], bool(p.get("log")))
+    return sorted(name for name in set(old) & set(new) if shape(old[name]) != shape(new[name]))
+
+
+def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_fingerprint: str, force: bool,
+               log: Callable[[str], None] = print) -> optuna.Study:
+    """Create the study or resume it (refusing one made with another space, target, objective or data
+    unless forced), store its effective definition, enqueue its start configs, reseed its sampler."""
+    study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize", load_if_exists=True)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"study {spec.name!r} exists and minimizes; this service maximizes devel CCC")
+    identity = spec.identity() | {"data_fingerprint": data_fingerprint}
+    stored = study.user_attrs.get("identity")
+    if stored is not None and stored != identity:
+        changed = sorted(k for k in identity if stored.get(k) != identity[k])
+        frozen = _incompatible(stored.get("space", {}), identity["space"])
+        if frozen:
+            raise ConfigError(f"study {spec.name!r}: {', '.join(frozen)} changed kind or choices, which an Optuna "
+                              "study cannot do (one set of choices per parameter); use a new study name")
+        if not force:
+            raise ConfigError(f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
+                              "choose another study name, or pass --force to continue it with this definition")
+        log(f"--force: continuing study {spec.name!r} with a different {', '.join(changed)}")
+    if stored != identity:
+        study.set_user_attr("identity", identity)
+    study.set_user_attr("spec", spec.to_record())  # the effective study: flags included, password masked
+    study.set_metric_names([metric_name(spec)])
+    fail_stale(study, log)
+    trials = study.get_trials(deepcopy=False)
+    for params in spec.start_from:  # once: unless its earlier run went stale
+        if not any(t.system_attrs.get("fixed_params", t.params) == params and counts_against_budget(t)
+                   or t.state == TrialState.WAITING and t.system_attrs.get("fixed_params") == params for t in trials):
+            study.enqueue_trial(params)
+    # A resumed (or second) driver must not replay the sampler's sequence from the start.
+    seed = spec.seed + len(trials) + (secrets.randbelow(10 ** 6) if register(study, DRIVER) else 0)
+    study.sampler = make_sampler(spec.sampler, seed)
+    done = [t for t in trials if counts_against_budget(t)]
+    if done:
+        log(f"resuming study {spec.name!r}: {len(done)} of {spec.trials} trials already count, sampler seed {seed}")
+    return study
+
+
+def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None = None,
+              dashboard_port: int | None = None, log: Callable[[str], None] = print,
+              trial_fn: Callable = objective) -> dict:
+    """Run or resume the study; trial_fn(config, corpus_ref, splits) is one trial (the scale benchmark swaps it)."""
+    import ray
+    from ray import tune
+
+    from search.cluster import ensure_ray, fit_resources
+    from search.dashboard import serve
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
+    # heartbeats, metric names and fail_stale_trials are marked experimental; they are what we rely on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Data first: a study whose data is missing leaves no empty storage file behind.
+    corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite)
+    log(f"data {spec.data_root}: {corpus.describe()}")
+    try:
+        splits = make_splits(corpus, spec.folds, spec.fold_seed)
+    except ConfigError as e:
+        raise ConfigError(f"{spec.source}: objective.{e}") from None
+    storage = open_storage(spec.storage, heartbeat=True)
+    study = open_study(storage, spec, corpus.fingerprint, force, log)
+    started = time.time()
+    counted = [t for t in study.get_trials(deepcopy=False) if counts_against_budget(t)]
+    if len(counted) >= spec.trials and not any(t.state == TrialState.RUNNING for t in counted):
+        log(f"study {spec.name!r}: its budget of {spec.trials} trials is spent; nothing to run "
+            "(raise --trials to run more)")
+        return summarize(study, spec, None, time.time() - started, log)
+
+    frames_per_fold, grace = fidelity(spec, corpus, splits)
+    ensure_ray(ray_address, log)
+    resources = fit_resources(spec.cpu, spec.gpu, spec.max_concurrent, f"{spec.source}: resources", log)
+    if dashboard_port:
+        serve(spec.storage, dashboard_port, log=log, background=True)
+    max_t = frames_per_fold * len(splits)
+    if spec.pruner == "asha":
+        scheduler = RecordingASHA(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=max_t, grace_period=grace,
+                                  reduction_factor=spec.reduction_factor)
+        pruned_by = scheduler.stopped.__contains__
+    else:
+        scheduler, pruned_by = tune.schedulers.FIFOScheduler(), (lambda trial_id: False)
+    searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log)
+    heartbeat = Heartbeat(study, searcher.beat_all, log).start()
+    try:
+        # One copy of the data set per node, in Ray's object store; the driver keeps only a view of it.
+        corpus_ref = ray.put(corpus)
+        del corpus
+        folds = f" over {len(splits)} folds" if len(splits) > 1 else ""
+        log(f"study {spec.name!r}: up to {spec.trials} trials{folds}, each at most {spec.max_epochs} passes "
+            f"({frames_per_fold:,} training frames) per fold; ASHA looks after {grace:,} frames, then every "
+            f"x{spec.reduction_factor}; {resources.concurrent} at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each)")
+        trainable = tune.with_resources(functools.partial(trial_fn, corpus_ref=corpus_ref, splits=splits),
+                                        {"cpu": resources.cpu, "gpu": resources.gpu})
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
+        ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
+        tuner = tune.Tuner(trainable,
+                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                                       max_concurrent_trials=resources.concurrent,
+                                                       # a new trial reuses a finished one's process: no
+                                                       # seconds of worker start and torch import each time
+                                                       reuse_actors=True),
+                           run_config=tune.RunConfig(name=spec.name, storage_path=str(ray_results.resolve()),
+                                                     verbose=0))
+        tuner.fit()
+    finally:
+        heartbeat.stop()
+    return summarize(study, spec, searcher, time.time() - started, log)
+
+
+def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | None, seconds: float,
+              log: Callable[[str], None]) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
+    told = searcher.told if searcher else []
+    summary = {"study": spec.name, "storage": mask(spec.storage), "trials": len(trials), "states": states,
+               "trials_this_run": len(told), "seconds": round(seconds, 1),
+               "storage_s": round(searcher.storage_s, 3) if searcher else 0.0}
+    log(f"study {spec.name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
+        f"{len(told)} finished in this run, in {seconds:.0f} s")
+    if states.get("COMPLETE"):
+        best = study.best_trial
+        summary |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params,
+                    "best_config": trial_config(best).to_dict()}
+        log(f"best: trial {best.number}, {metric_name(spec)} {best.value:.4f}")
+        log("  " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+    log(f"stored in {mask(spec.storage)}")
+    hidden = " (its password is hidden here: give your own URL)" if mask(spec.storage) != spec.storage else ""
+    dashboard = Path(__file__).resolve().parents[1] / "dashboard.py"
+    log(f"watch it: {_pasteable(Path(sys.executable))} {_pasteable(dashboard)} {mask(spec.storage)}{hidden}")
+    return summary
+
+
+def _pasteable(path: Path) -> str:
+    """A path as a user can paste it here: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

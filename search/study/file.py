@@ -1,0 +1,205 @@
+"""Study files: a YAML file (see studies/) read into a checked StudySpec; command-line flags override it.
+
+The StudySpec is also the study's record: run_study.py stores it in the study (`to_record`, password
+masked) and retrain-best reads it back (`from_record`), so a study's data root, feature sets, targets,
+objective, budget and resources are the ones it actually ran with, flags included.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import TARGETS
+from core.errors import ConfigError
+from search import DEFAULT_STORAGE
+from search.study.space import CONDITIONAL, Space, parse_space, sample
+from search.study.storage import mask
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("asha", "none")
+FIDELITY_UNITS = ("frames",)
+TOP_KEYS = {"study", "storage", "data", "target", "objective", "budget", "sampler", "pruner", "resources", "fixed",
+            "space", "start_from"}
+RECORD_VERSION = 1
+
+
+@dataclass
+class StudySpec:
+    name: str
+    storage: str
+    data_root: str
+    targets: tuple[str, ...]
+    trials: int
+    max_epochs: int  # per fold: the most training frames a trial trains, in passes over its training videos
+    space: Space
+    folds: int = 1  # 1: train on train, score on devel; K >= 3: K folds over train + devel videos
+    fold_seed: int = 0
+    start_from: list[dict] = field(default_factory=list)  # Optuna parameters of configs tried first
+    wall_time_s: float | None = None  # no new trial starts after this; running ones finish
+    nonfinite: str = "mean"
+    sampler: str = "tpe"
+    seed: int = 0
+    pruner: str = "asha"
+    grace_period: float = 3.0  # passes every trial trains before ASHA may stop it
+    reduction_factor: int = 3
+    cpu: float = 1.0
+    gpu: float = 0.0
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    source: str = ""
+
+    def identity(self) -> dict:
+        """What makes two runs the same study: resuming under a different one is refused without --force."""
+        return {"targets": list(self.targets), "space": self.space.to_dict(), "fixed": _plain(self.space.fixed),
+                "objective": {"folds": self.folds, "seed": self.fold_seed}}
+
+    def to_record(self) -> dict:
+        """The effective study as plain JSON, with the storage password masked: stored in the study."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "space"}
+        return _plain(values | {"storage": mask(self.storage), "targets": list(self.targets),
+                                "space": self.space.to_dict(), "fixed": self.space.fixed, "version": RECORD_VERSION})
+
+    @classmethod
+    def from_record(cls, record: dict, storage: str) -> StudySpec:
+        """The StudySpec a study was run with, from its record; `storage` is the real URL it was read from."""
+        values = {k: v for k, v in record.items() if k not in ("space", "fixed", "version", "storage")}
+        space = parse_space(record["space"], record["fixed"])
+        return cls(**values | {"storage": storage, "space": space, "targets": tuple(record["targets"])})
+
+
+def load_study_file(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and check a study file; overrides use the flag names (trials, max_epochs, storage, gpu, ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of study settings")
+    try:
+        return _spec(doc, overrides or {}, str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}", field=e.field) from None
+
+
+def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
+    unknown = sorted(set(doc) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_KEYS))})")
+    o = {k: v for k, v in overrides.items() if v is not None}
+    budget, data, objective = _section(doc, "budget"), _section(doc, "data"), _section(doc, "objective")
+    sampler, pruner, resources = _section(doc, "sampler"), _section(doc, "pruner"), _section(doc, "resources")
+
+    name = o.get("study", doc.get("study"))
+    _need(isinstance(name, str) and name.strip() != "", "study", "give the study a name", name)
+    targets = o.get("target", doc.get("target"))
+    targets = [targets] if isinstance(targets, str) else targets
+    _need(isinstance(targets, list) and targets and set(targets) <= set(TARGETS), "target",
+          f"one of {', '.join(TARGETS)} or a list of them", targets)
+    root = o.get("data", data.get("root"))
+    _need(isinstance(root, str) and root != "", "data.root", "the MuSe data root", root)
+
+    folds, fold_seed = objective.get("folds", 1), objective.get("seed", 0)
+    _need(isinstance(folds, int) and folds >= 1, "objective.folds", "at least 1", folds)
+    _need(folds != 2, "objective.folds", "2 folds leave no fold to select epochs on; use 1 (train/devel as "
+          "given) or 3 or more", folds)
+    _need(isinstance(fold_seed, int), "objective.seed", "an integer", fold_seed)
+    unknown = sorted(set(objective) - {"folds", "seed"})
+    _need(not unknown, "objective", "knows folds and seed", unknown)
+
+    trials = o.get("trials", budget.get("trials"))
+    _need(isinstance(trials, int) and trials >= 1, "budget.trials", "must be at least 1", trials)
+    max_epochs = o.get("max_epochs", budget.get("max_epochs"))
+    _need(isinstance(max_epochs, int) and max_epochs >= 1, "budget.max_epochs", "must be at least 1", max_epochs)
+    wall = o.get("wall_time_s", budget.get("wall_time_s"))
+    _need(wall is None or (isinstance(wall, (int, float)) and wall > 0), "budget.wall_time_s", "must be positive", wall)
+
+    sampler_name = o.get("sampler", sampler.get("name", "tpe"))
+    _need(sampler_name in SAMPLERS, "sampler.name", f"one of {', '.join(SAMPLERS)}", sampler_name)
+    seed = o.get("seed", sampler.get("seed", 0))
+    _need(isinstance(seed, int), "sampler.seed", "an integer", seed)
+    pruner_name = o.get("pruner", pruner.get("name", "asha"))
+    _need(pruner_name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", pruner_name)
+    grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
+    _need(isinstance(grace, (int, float)) and 0 < grace <= max_epochs, "pruner.grace_period",
+          f"passes over the training videos before a trial may be stopped, in (0, budget.max_epochs = {max_epochs}]",
+          grace)
+    _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
+    unit = pruner.get("unit", "frames")
+    _need(unit in FIDELITY_UNITS, "pruner.unit", "frames (training frames: fair across batch sizes and hop lengths; "
+          "epochs are not)", unit)
+
+    cpu, gpu = o.get("cpu", resources.get("cpu", 1)), o.get("gpu", resources.get("gpu", 0))
+    _need(isinstance(cpu, (int, float)) and cpu > 0, "resources.cpu", "must be positive", cpu)
+    _need(isinstance(gpu, (int, float)) and gpu >= 0, "resources.gpu", "must not be negative", gpu)
+    _need(gpu <= 1 or float(gpu).is_integer(), "resources.gpu", "a fraction of one GPU or a whole number", gpu)
+    concurrent = resources.get("max_concurrent")
+    _need(concurrent is None or (isinstance(concurrent, int) and concurrent >= 1), "resources.max_concurrent",
+          "at least 1", concurrent)
+
+    fixed = dict(_section(doc, "fixed"))
+    for managed, by in (("emo_dim_set", "target"), ("epochs", "budget.max_epochs"),
+                        ("max_frames", "budget.max_epochs (per fold, in passes)")):
+        _need(managed not in fixed, f"fixed.{managed}", f"is set by {by}", fixed.get(managed))
+    fixed |= {"emo_dim_set": list(targets), "epochs": max_epochs}
+    space = parse_space(_section(doc, "space"), fixed)
+    start_from = doc.get("start_from") or []
+    _need(isinstance(start_from, list), "start_from", "a list of configs in the space's terms", start_from)
+
+    return StudySpec(name=name, storage=o.get("storage", doc.get("storage", DEFAULT_STORAGE)), data_root=root,
+                     targets=tuple(targets), trials=trials, max_epochs=max_epochs, space=space, folds=folds,
+                     fold_seed=fold_seed, start_from=[_start_config(c, space, f"start_from[{i}]")
+                                                      for i, c in enumerate(start_from)],
+                     wall_time_s=wall, nonfinite=data.get("nonfinite", "mean"), sampler=sampler_name, seed=seed,
+                     pruner=pruner_name, grace_period=float(grace), reduction_factor=factor, cpu=float(cpu),
+                     gpu=float(gpu), max_concurrent=concurrent, source=source)
+
+
+def _start_config(entry: Any, space: Space, where: str) -> dict:
+    """A warm-start config, written with the space's parameter names, as the Optuna parameters to enqueue."""
+    import optuna
+
+    if not isinstance(entry, dict) or not entry:
+        raise ConfigError(f"{where}: a mapping of the space's parameters to values, e.g. {{win_len: 200, lr: 0.005}}")
+    unknown = sorted(set(entry) - set(space.ranges))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: not a parameter of the space (searched: {', '.join(space.ranges)})")
+    params = {k: v for name, value in entry.items() for k, v in space.ranges[name].to_params(value, f"{where}.{name}").items()}
+    trial = optuna.trial.FixedTrial(params)
+    try:
+        sample(trial, space).check()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: this config cannot work: {e}") from None
+    except ValueError as e:  # FixedTrial: a parameter the config needs was not given
+        missing = re.search(r"parameter '([^']+)'", str(e))
+        raise ConfigError(f"{where}: give {missing.group(1) if missing else e} (it is searched, and this config uses it)") from None
+    unused = [name for name in entry if name != "feature_set" and name not in trial.params]
+    if unused:
+        raise ConfigError(f"{where}.{unused[0]}: has no effect in this config (it needs {CONDITIONAL.get(unused[0], '?')})")
+    return dict(trial.params)
+
+
+def _section(doc: dict, key: str) -> dict:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _need(ok: bool, where: str, why: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {why} (got {value!r})", field=where)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

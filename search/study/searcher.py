@@ -1,0 +1,217 @@
+"""A Ray Tune searcher on Optuna's ask/tell: the study stays the true record of every trial.
+
+What it fixes in Ray's own OptunaSearch: a trial stopped by the scheduler is told PRUNED (not
+COMPLETE) and keeps its last value; errors and NaN are FAIL and the study goes on; each trial gets
+user attributes (Ray trial id, folds and their CCC, stop reason, seed, times, data fingerprint, its
+full training config); the budget counts what the study holds, so a resumed study finishes it, and
+trials of other drivers count while they live. Only this searcher, in the driver, writes to the
+storage; it also beats Optuna's heartbeat for the trials it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+
+from core.config import TrainConfig
+from search.study.file import StudySpec
+from search.study.space import sample
+from search.study.storage import mask, retrying
+from search.study.trainable import METRIC, TrialReport
+
+T = TypeVar("T")
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as its trials and the study name it
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped: Ray marks those done just like finished ones."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.stopped: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            self.stopped.add(trial.trial_id)
+        return decision
+
+
+def counts_against_budget(trial: FrozenTrial) -> bool:
+    """Every trial that ran counts; a FAIL without a stop reason was failed as stale (its driver died)."""
+    return trial.state != TrialState.WAITING and not (
+        trial.state == TrialState.FAIL and "stop_reason" not in trial.user_attrs)
+
+
+CONFIG = "config."  # a trial's training config is one user attribute per field: short lines in the dashboard
+
+
+def config_attrs(cfg: TrainConfig) -> dict:
+    return {CONFIG + k: v for k, v in cfg.to_dict().items()}
+
+
+def trial_config(trial: FrozenTrial) -> TrainConfig | None:
+    """The training config a trial ran with (None for a trial that never started)."""
+    values = {k.removeprefix(CONFIG): v for k, v in trial.user_attrs.items() if k.startswith(CONFIG)}
+    return TrainConfig.from_dict(values) if values else None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Running:
+    trial: optuna.Trial
+    suggested_at: float
+    last: TrialReport | None = None  # the latest report with a score
+    seen: TrialReport | None = None  # the latest report of any kind (an error report has no score)
+    steps: set[int] = field(default_factory=set)
+
+
+class StudySearcher(Searcher):
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: StudySpec, max_frames: int,
+                 data_fingerprint: str, pruned_by: Callable[[str], bool] = lambda trial_id: False,
+                 log: Callable[[str], None] = print):
+        super().__init__(metric=METRIC, mode="max")
+        self.study, self.storage, self.spec = study, storage, spec
+        self.max_frames, self.fingerprint = max_frames, data_fingerprint
+        self.pruned_by, self.log = pruned_by, log
+        self.deadline = time.time() + spec.wall_time_s if spec.wall_time_s else None
+        self.running: dict[str, Running] = {}
+        self.told: list[int] = []
+        self.waiting_logged = False
+        self.storage_s = 0.0  # time spent in storage calls, for the overhead benchmark
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.deadline and time.time() > self.deadline:
+            return Searcher.FINISHED
+        trials = self._storage(lambda: self.study.get_trials(deepcopy=False))
+        if sum(counts_against_budget(t) for t in trials) >= self.spec.trials:
+            mine = {r.trial.number for r in self.running.values()}
+            others = [t.number for t in trials if t.state == TrialState.RUNNING and t.number not in mine]
+            if not others:
+                return Searcher.FINISHED
+            if not self.waiting_logged:  # they may finish, or go stale and leave room for more
+                self.log(f"budget reached while other drivers run trial(s) {', '.join(map(str, others))}: "
+                         "waiting for them to finish or go stale")
+                self.waiting_logged = True
+            return None
+        self.waiting_logged = False
+        with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; this searcher beats them
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = self._storage(self.study.ask)
+        self.beat(trial)
+        cfg = self._storage(lambda: sample(trial, self.spec.space)).replace(max_frames=self.max_frames)
+        attrs = {"driver": DRIVER, "ray_trial_id": trial_id, "data_fingerprint": self.fingerprint} | config_attrs(cfg)
+        self._storage(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self.running[trial_id] = Running(trial, time.time())
+        return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
+
+    def beat(self, trial: optuna.Trial) -> None:
+        """Optuna's heartbeat for one of this driver's trials (it needs the trial's storage id, as Optuna's
+        own heartbeat thread does)."""
+        self._storage(lambda: self.storage.record_heartbeat(trial._trial_id))
+
+    def beat_all(self) -> None:
+        for run in list(self.running.values()):
+            self.beat(run.trial)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study is the record, and a rerun resumes from it (not Tuner.restore)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """See save."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._record(self.running[trial_id], TrialReport.from_result(result))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        run = self.running.pop(trial_id, None)
+        if run is None:
+            return
+        try:
+            self._complete(trial_id, run, result, error)
+        except Exception as e:  # a trial left RUNNING would go stale and be run again: record what happened
+            self._storage(lambda: run.trial.set_user_attr("stop_reason", f"error while recording it: {e}"))
+            self._storage(lambda: self.study.tell(run.trial, state=TrialState.FAIL, skip_if_finished=True))
+            raise
+
+    def _complete(self, trial_id: str, run: Running, result: dict | None, error: bool) -> None:
+        if result:  # the result on which the scheduler stopped a trial reaches the searcher only here
+            self._record(run, TrialReport.from_result(result))
+        last, seen = run.last, run.seen
+        value = last.objective if last else None
+        if error:
+            state, reason = TrialState.FAIL, "error: the trial process failed (see Ray's logs)"
+        elif seen and seen.error:
+            state, reason = TrialState.FAIL, seen.error
+        elif last and last.final:
+            finite = value is not None and math.isfinite(value)
+            state, reason = (TrialState.COMPLETE, last.stop_reason) if finite else (TrialState.FAIL, "nan")
+        elif self.pruned_by(trial_id):
+            state, reason = TrialState.PRUNED, "pruned"
+        else:
+            state, reason = TrialState.FAIL, "interrupted: the study was stopped before the trial finished"
+        attrs = {"stop_reason": reason, "epochs_run": last.epoch if last else 0, "ended_at": now_iso(),
+                 "wall_time_s": round(time.time() - run.suggested_at, 2)}
+        if seen:  # when the trial's process took it up: the rest of the wait is scheduling
+            started = dt.datetime.fromisoformat(seen.started_at).timestamp()
+            attrs |= {"started_at": seen.started_at, "scheduling_s": round(max(0.0, started - run.suggested_at), 3),
+                      "device": seen.device, "gpu_ids": seen.gpu_ids, "threads": seen.threads}
+        if last:
+            attrs |= {"folds_evaluated": len(last.fold_ccc), "fold_ccc": last.fold_ccc, "target_ccc": last.target_ccc}
+        self._storage(lambda: [run.trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self._storage(lambda: self.study.tell(run.trial, value if state == TrialState.COMPLETE else None,
+                                              state=state, skip_if_finished=True))
+        self.told.append(run.trial.number)
+        self._progress(run.trial.number, state, value, attrs)
+
+    def _record(self, run: Running, report: TrialReport) -> None:
+        """Each report's objective becomes the trial's intermediate value at its progress, once."""
+        run.seen = report
+        if report.error or not report.fold_ccc or report.train_frames in run.steps:
+            return
+        self._storage(lambda: run.trial.report(report.objective, step=int(report.train_frames)))
+        run.steps.add(report.train_frames)
+        run.last = report
+
+    def _storage(self, call: Callable[[], T]) -> T:
+        """Every storage call goes through here: timed for the overhead benchmark, retried if the
+        connection drops (PostgreSQL restarted, a proxy closed it)."""
+        start = time.perf_counter()
+        try:
+            return retrying(call, self.log)
+        finally:
+            self.storage_s += time.perf_counter() - start
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its searcher to disk for Tuner.restore, which resuming here does not use (the
+        study is the record): leave out the study, whose storage URL may hold a password."""
+        return self.__dict__ | {"study": None, "storage": None, "running": {},
+                                "spec": dataclasses.replace(self.spec, storage=mask(self.spec.storage))}
+
+    def _progress(self, number: int, state: TrialState, value: float | None, attrs: dict) -> None:
+        trials = self._storage(lambda: self.study.get_trials(deepcopy=False))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value, default=None)
+        counted = sum(counts_against_budget(t) and t.state != TrialState.RUNNING for t in trials)
+        best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
+        shown = f"{value:.4f}" if value is not None else "  -   "
+        folds = f"{attrs.get('folds_evaluated', 0)}/{self.spec.folds} folds " if self.spec.folds > 1 else ""
+        params = next(t.params for t in trials if t.number == number)
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        self.log(f"[{counted}/{self.spec.trials}] trial {number:4d} {state.name:8s} {shown} | {best_text} | "
+                 f"{folds}{attrs['epochs_run']} epochs {attrs['wall_time_s']:.0f}s {attrs['stop_reason']} | {params}")
