@@ -1,6 +1,7 @@
 """Accuracy on data the search never saw: the entry's config vs the search's choice vs fusion vs random search.
 
     python -m bench.accuracy [--sets s40 s60 s100] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
+    python -m bench.accuracy --data ROOT       # an existing data set instead (real MuSe files, say)
 
 Per synthetic data set (other seeds, lags, noise levels and sizes than the data the project was
 built on) and target:
@@ -29,7 +30,6 @@ DATASETS = {  # name: generator settings (synthetic.generate's arguments)
     "s60": dict(videos=60, seed=102, lag=4, noise=0.8, min_frames=600, max_frames=1800),
     "s100": dict(videos=100, seed=103, lag=12, noise=1.2, min_frames=600, max_frames=1800),
 }
-SEEDS = 5
 STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "accuracy.yaml"
 
 
@@ -37,11 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
                         help="synthetic data sets (default: all)")
+    parser.add_argument("--data", help="an existing data root to use instead of the synthetic sets (default: none)")
     parser.add_argument("--targets", nargs="+", default=["valence", "arousal"], help="targets (default: both)")
-    parser.add_argument("--data", default="data/accuracy", help="where the data sets go (default: %(default)s)")
+    parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
     parser.add_argument("--storage", default="sqlite:///runs/accuracy.db", help="study storage (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"), help="predictions (default: %(default)s)")
+    parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
     parser.add_argument("--trials", type=int, help="study budget (default: the study file's)")
+    parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of every retrained config (default: %(default)s)")
     args = parser.parse_args(argv)
     from core.errors import run_command
     return run_command(lambda: benchmark(args))
@@ -53,9 +57,9 @@ def benchmark(args: argparse.Namespace) -> None:
 
     use_threads(1)
     results = []
-    for name in args.sets:
-        root = f"{args.data}/{name}"
-        if written_with(root) != settings_of(**DATASETS[name]):
+    roots = {Path(args.data).name: args.data} if args.data else {name: f"{args.data_dir}/{name}" for name in args.sets}
+    for name, root in roots.items():
+        if not args.data and written_with(root) != settings_of(**DATASETS[name]):
             generate(root, **DATASETS[name])
         for target in args.targets:
             start = time.time()
@@ -72,17 +76,18 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
     from search.study.file import load_study_file
 
     prefix = f"acc_{name}_{target}"
-    common = {"storage": args.storage, "data": root, "target": target, "trials": args.trials}
-    print(f"\n==== data set {name} ({DATASETS[name]}), target {target} ====", flush=True)
-    specs = {"tpe": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_tpe"}),
-             "random": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_random", "sampler": "random"}),
-             "entry": load_study_file(STUDY_FILE, common | {"study": f"{prefix}_entry", "trials": 1, "pruner": "none"})}
+    common = {"storage": args.storage, "data": root, "target": target, "trials": args.trials,
+              "max_epochs": args.max_epochs}
+    print(f"\n==== data set {name} ({DATASETS.get(name, root)}), target {target} ====", flush=True)
+    specs = {"tpe": load_study_file(args.study_file, common | {"study": f"{prefix}_tpe"}),
+             "random": load_study_file(args.study_file, common | {"study": f"{prefix}_random", "sampler": "random"}),
+             "entry": load_study_file(args.study_file, common | {"study": f"{prefix}_entry", "trials": 1, "pruner": "none"})}
     log = _prefixed(prefix)
     for spec in specs.values():
         run_study(spec, log=log)
     out = {}
     for kind, top_k in (("tpe", 2), ("random", 1), ("entry", 1)):
-        out[kind] = retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=SEEDS,
+        out[kind] = retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=args.seeds,
                                          out_dir=args.out), log=log)
     return {"set": name, "target": target, "entry_protocol": entry_protocol(args, root, target, prefix),
             **out, "frames": {k: train_frames(args.storage, s.name) for k, s in specs.items() if k != "entry"},
@@ -91,7 +96,7 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
 
 
 def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str) -> dict:
-    """The entry's config trained the entry's way (train, early stopping on devel), SEEDS seeds; test looked at once."""
+    """The entry's config trained the entry's way (train, early stopping on devel), with the seeds; test looked at once."""
     import numpy as np
     import ray
 
@@ -112,7 +117,7 @@ def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str
     plan = Plan(corpus, ray.put(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
                 Resources(1, 0, 2), 1, args.out)
     candidate = Candidate(study, None, None, config, {}, corpus.fingerprint)
-    runs = retrain(engine, [candidate], list(range(SEEDS)), plan, _prefixed(study))[candidate.key]
+    runs = retrain(engine, [candidate], list(range(args.seeds)), plan, _prefixed(study))[candidate.key]
     record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
     labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]
     return {"devel": [r.objective for r in runs], "test": [ccc(r.test[:, 0], labels) for r in runs]}
@@ -178,7 +183,7 @@ def report(results: list[dict]) -> None:
                  tpe["cv"][best][target] - fused[best]),
                 _single("random search: chosen config", rnd, target)]
         print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min)")
-        print(f"  {'model':44s} {'CV or devel CCC':18s} {'test CCC (5 seeds)':18s} drop")
+        print(f"  {'model':44s} {'CV or devel CCC':18s} {'test CCC (seeds)':18s} drop")
         for label, cv, test, drop in rows:
             print(f"  {label:44s} {cv:18s} {test:18s} {drop:+.4f}")
         base = np.mean(entry["test"])

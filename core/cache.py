@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +35,15 @@ def entry_dir(cache_dir: Path, kind: str, name: str, files: list[Path]) -> Path:
     return Path(cache_dir) / f"{kind}-{name}-{digest.hexdigest()[:20]}"
 
 
-def parse_in_order(read: Callable[[Path], T], paths: list[Path], workers: int | None = None) -> Iterator[T]:
-    """read(path) for each path on a thread pool (pyarrow parses without the GIL), yielded in order.
+def parse_in_order(read: Callable[[Path], T], paths: list[Path], what: str = "",
+                   log: Callable[[str], None] | None = None, workers: int | None = None) -> Iterator[T]:
+    """read(path) for each path on a thread pool (pyarrow parses without the GIL), yielded in order;
+    every 10 s, log says how far parsing `what` got.
 
     At most 2 x workers results wait in memory, so a slow consumer never holds the whole data set twice.
     """
     workers = workers or os.cpu_count() or 1
+    started = shown = time.time()
     with ThreadPoolExecutor(workers) as pool:
         pending = [pool.submit(read, p) for p in paths[: 2 * workers]]
         queued = len(pending)
@@ -50,6 +54,11 @@ def parse_in_order(read: Callable[[Path], T], paths: list[Path], workers: int | 
                     pending.append(pool.submit(read, paths[queued]))
                     queued += 1
                 yield result
+                done = queued - len(pending)
+                if log and time.time() - shown >= 10:
+                    shown = time.time()
+                    rate = done / (shown - started)
+                    log(f"parsing {what}: {done}/{len(paths)} files, about {(len(paths) - done) / rate:.0f} s left")
         finally:
             for future in pending:
                 future.cancel()

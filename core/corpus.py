@@ -7,6 +7,7 @@ a corpus loaded without them (as every search loads it) does not hold them and r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,8 +106,10 @@ class Corpus:
 
 def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
                 targets: list[str] | tuple[str, ...] = TARGETS, *, test_labels: bool = False,
-                nonfinite: str = "mean", cache_dir: Path | None = None) -> Corpus:
-    """Read (or take from the cache) the given feature sets and targets of the MuSe data set at `root`."""
+                nonfinite: str = "mean", cache_dir: Path | None = None,
+                log: Callable[[str], None] | None = None) -> Corpus:
+    """Read (or take from the cache) the given feature sets and targets of the MuSe data set at `root`;
+    log, if given, hears how far a first parse got every 10 s."""
     root = Path(root)
     feature_sets, targets = tuple(feature_sets), tuple(targets)
     _check_names(root, feature_sets, targets, nonfinite)
@@ -119,7 +122,7 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
     features, reference = {}, None
     for name in feature_sets:
         check_files(root / FEATURE_DIR / name, videos, f"'{name}' feature")
-        manifest, values, arrays = _feature_entry(root, name, videos, cache_dir, parsed)
+        manifest, values, arrays = _feature_entry(root, name, videos, cache_dir, parsed, log)
         files = [feature_file(root, name, v) for v in videos]
         if reference is None:  # the first feature set's rows are the frame index everything must match
             lengths, timestamps, segment_ids = arrays["lengths"], arrays["timestamps"], arrays["segment_ids"]
@@ -135,7 +138,7 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
         parts = [("labelled", labelled)] + ([("test", split["test"])] if test_labels else [])
         columns = []
         for part, ids in parts:
-            manifest, values, arrays = _label_entry(root, target, part, ids, cache_dir, parsed)
+            manifest, values, arrays = _label_entry(root, target, part, ids, cache_dir, parsed, log)
             _check_aligned([label_file(root, target, v) for v in ids], ids, arrays, reference)
             columns.append(values)
             if part == "labelled":
@@ -202,7 +205,7 @@ def _check_names(root: Path, feature_sets: tuple[str, ...], targets: tuple[str, 
                             f"available: {', '.join(available) or 'none'}")
 
 
-def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, parsed: list[str]):
+def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, parsed: list[str], log):
     files = [feature_file(root, name, v) for v in videos]
     folder = entry_dir(cache_dir, "features", name, files)
     if not (folder / "manifest.json").is_file():
@@ -210,7 +213,7 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
         writer = EntryWriter(folder)
         try:
             columns, lengths, timestamps, segment_ids, gaps = None, [], [], [], {}
-            for video, path, f in zip(videos, files, parse_in_order(read_feature_file, files)):
+            for video, path, f in zip(videos, files, parse_in_order(read_feature_file, files, f"'{name}'", log)):
                 if columns is None:
                     columns = f.columns
                 elif f.columns != columns:
@@ -233,7 +236,7 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
     return read_entry(folder, ("lengths", "timestamps", "segment_ids"))
 
 
-def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_dir: Path, parsed: list[str]):
+def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_dir: Path, parsed: list[str], log):
     files = [label_file(root, target, v) for v in videos]
     folder = entry_dir(cache_dir, f"labels-{part}", target, files)
     if not (folder / "manifest.json").is_file():
@@ -241,7 +244,7 @@ def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_di
         writer = EntryWriter(folder)
         try:
             lengths, timestamps = [], []
-            for stamps, values in parse_in_order(read_label_file, files):
+            for stamps, values in parse_in_order(read_label_file, files, f"'{target}' labels", log):
                 writer.append(values)
                 lengths.append(len(stamps))
                 timestamps.append(stamps)

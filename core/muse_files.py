@@ -128,11 +128,24 @@ def read_label_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _header(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path} is missing")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        line = f.readline().strip()
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"\x00" in head or not _is_text(head):
+        raise DataError(f"{path} is not a text CSV file (it holds binary data)")
+    line = head.decode("utf-8", errors="replace").split("\n", 1)[0].strip()
     if not line:
         raise DataError(f"{path} is empty")
     return [c.strip().strip('"') for c in line.split(",")]
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut at the end of the block is still text
+        if e.start < len(head) - 4:
+            return False
+        text = head[:e.start].decode("utf-8")
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
 def _read_csv(path: Path, types: dict[str, pa.DataType], include: list[str] | None = None) -> pa.Table:

@@ -324,3 +324,11 @@ def test_windows_over_a_fold_stay_inside_its_videos(tiny_root, tmp_path, segment
     videos = make_splits(corpus, 3, seed=0)[0].train  # not contiguous in the corpus
     starts, lengths = train_windows(corpus, videos, 100, 30, segment_type)
     assert sorted(zip(starts.tolist(), lengths.tolist())) == _naive_windows(corpus, 100, 30, segment_type, videos)
+
+
+def test_a_binary_feature_file_is_named_without_its_bytes(root_copy):
+    path = feature_file(root_copy, "egemaps", read_partition(root_copy)["train"][0])
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError) as error:
+        load_corpus(root_copy, ["egemaps"])
+    assert str(error.value) == f"{path} is not a text CSV file (it holds binary data)"

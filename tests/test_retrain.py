@@ -126,38 +126,6 @@ def test_every_fusion_is_scored_out_of_fold_and_the_best_is_delivered(studies, e
         assert {Path(p.path).name for p in files} == {"devel.csv", "test.csv"}
 
 
-def test_fitted_fusions_never_see_the_fold_they_score():
-    from search.retrain import fusion
-    rng = np.random.default_rng(0)
-    bounds = np.array([0, 30, 70, 100, 150, 180, 220])
-    labels = rng.uniform(-1, 1, (220, 1)).astype(np.float32)
-    folds = [np.array([0, 3]), np.array([1, 4]), np.array([2, 5])]
-    pool = fusion.Pool(labels, bounds, np.array([0, 50]), folds, ("valence",))
-    streams = [fusion.Stream("s", i, f"k{i}", "valence", labels[:, 0] + rng.normal(0, 0.5 + i, 220),
-                             rng.uniform(-1, 1, 50)) for i in range(3)]
-    seen = []
-
-    def spy(x, y):
-        seen.append(set(np.round(y, 6).tolist()))
-        return fusion.fitted_weights(x, y)
-
-    fusion.weighted("weighted_fitted", streams, pool, spy)
-    for held_out, fitted_on in zip(folds, seen):  # one fit per fold, then one on everything for test
-        assert not fitted_on & set(np.round(labels[pool.rows(held_out), 0], 6).tolist())
-    assert len(seen) == 4 and seen[-1] == set(np.round(labels[:, 0], 6).tolist())
-
-    fits = []
-    import core.fusion
-    original = core.fusion.fit_fusion_model
-    try:
-        core.fusion.fit_fusion_model = lambda x, y, b, videos, seed: fits.append(videos.tolist()) or original(
-            x, y, b, videos, seed, updates=2)
-        fusion.lstm(streams, pool, lambda x, xt: [fusion.fit_fold(x, xt, pool, k) for k in range(len(folds))])
-    finally:
-        core.fusion.fit_fusion_model = original
-    assert [sorted(set(range(6)) - set(f)) for f in fits] == [f.tolist() for f in folds]
-
-
 def test_test_is_looked_at_once_and_a_rerun_shows_the_stored_result(studies, evaluated):
     runs_before = len(rows(studies["engine"], FoldRun))
     log = []

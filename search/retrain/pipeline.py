@@ -157,7 +157,7 @@ def prepare(exp: Experiment) -> None:
     feature_sets = list(dict.fromkeys(f for s in exp.specs.values() for f in s.space.feature_sets()))
     targets = tuple(dict.fromkeys(t for s in exp.specs.values() for t in s.targets))
     root = request.data or primary.data_root
-    corpus = load_corpus(root, feature_sets, targets, nonfinite=primary.nonfinite)
+    corpus = load_corpus(root, feature_sets, targets, nonfinite=primary.nonfinite, log=exp.log)
     for name, spec in exp.specs.items():
         exp.fingerprints[name] = corpus.fingerprint_of(spec.space.feature_sets(), spec.targets)
         ran_on = exp.studies[name].user_attrs.get("identity", {}).get("data_fingerprint")

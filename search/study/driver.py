@@ -172,7 +172,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     # heartbeats, metric names and fail_stale_trials are marked experimental; they are what we rely on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Data first: a study whose data is missing leaves no empty storage file behind.
-    corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite)
+    corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite, log=log)
     log(f"data {spec.data_root}: {corpus.describe()}")
     try:
         splits = make_splits(corpus, spec.folds, spec.fold_seed)
@@ -213,6 +213,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
                                         {"cpu": resources.cpu, "gpu": resources.gpu})
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study is the record: no per-result files
         ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
         tuner = tune.Tuner(trainable,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,

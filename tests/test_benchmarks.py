@@ -1,0 +1,34 @@
+"""The benchmark commands run end to end on tiny data (their figures are theirs to print, not asserted here)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def test_the_gpu_check_runs_on_cpus(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path / "out"), "--device", "cpu",
+                          "--videos", "14", "--study-seconds", "5"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert summary.count("epoch on cpu") == 3 and "trials/h" in summary
+
+
+def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
+    root = tmp_path / "given"
+    generate(root, videos=16, seed=5, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
+             max_frames=350)
+    out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
+                          "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--storage",
+                          f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for line in ("entry config, entry's protocol (devel)", "search (TPE): chosen config", "random search: chosen config",
+                 "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values"):
+        assert line in out.stdout, line
