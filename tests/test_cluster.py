@@ -256,3 +256,53 @@ def test_the_dashboard_command_on_a_storage_that_does_not_answer():
 def test_serve_refuses_a_storage_that_is_not_a_database():
     with pytest.raises(StorageError, match="not a database URL"):
         serve("nowhere", 8099)
+
+
+@pytest.fixture
+def three_nodes():
+    """A Ray cluster of three nodes on this machine: a head that runs nothing (the drivers join it) and two
+    one-CPU workers."""
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    yield cluster, workers
+    cluster.shutdown()
+
+
+def test_a_study_and_its_retrain_run_on_several_nodes_and_outlive_a_lost_one(tiny_root, tmp_path, three_nodes):
+    cluster, workers = three_nodes
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    path = study_file(tmp_path, tiny_root, storage, study="nodes", pruner={"name": "none"},
+                      budget={"trials": 10, "max_epochs": 8}, fixed={"early_stop": 8})
+    driver = subprocess.Popen(RUN_STUDY + [str(path), "--ray-address", cluster.address], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # trials finished on both workers, and others are running: lose one worker
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name="nodes", storage=storage).trials
+        except KeyError:
+            continue
+        nodes = {t.user_attrs.get("node") for t in trials if t.state == TrialState.COMPLETE}
+        if len(nodes) == 2 and sum(t.state == TrialState.RUNNING for t in trials) == 2:
+            break
+    cluster.remove_node(workers[0])
+    output = driver.communicate(timeout=400)[0]
+    assert driver.returncode == 0, output[-3000:]
+    trials = optuna.load_study(study_name="nodes", storage=storage).trials
+    assert len({t.user_attrs.get("node") for t in trials if "node" in t.user_attrs}) == 2
+    assert sum(counts_against_budget(t) for t in trials) >= 10
+    lost = [t for t in trials if t.state == TrialState.FAIL]
+    assert lost and all(t.user_attrs["stop_reason"].startswith("error") for t in lost), \
+        [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in trials]
+
+    cluster.add_node(num_cpus=1)  # retrain-best on the cluster as it is now: the other worker and a new one
+    out = subprocess.run([sys.executable, str(REPO / "search" / "retrain_best.py"), "--study", "nodes", "--storage",
+                          storage, "--top-k", "1", "--seeds", "2", "--ray-address", cluster.address, "--out",
+                          str(tmp_path / "retrain")], cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    from search.retrain.results import FoldRun, open_results
+    from sqlalchemy.orm import Session
+    with Session(open_results(storage)) as session:
+        nodes = {r.node for r in session.query(FoldRun).filter(FoldRun.study == "nodes")}
+    assert len(nodes) == 2

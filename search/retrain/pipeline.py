@@ -33,6 +33,7 @@ from search.retrain.results import (Evaluation, FusionResult, PredictionFile, Te
                                     open_results, record_look)
 from search.retrain.runs import Candidate, Plan, SeedRun, pool_rows, retrain, top_configs
 from search.study.file import StudySpec
+from search.study.space import format_params
 from search.study.storage import mask, open_storage
 
 
@@ -191,7 +192,7 @@ def retrain_seeds(exp: Experiment, candidates: dict[str, list[Candidate]]) -> di
 def rank(exp: Experiment, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]]) -> pd.DataFrame:
     """Configs by the studies' objective (mean CCC over folds), averaged over seeds: never one lucky seed."""
     rows = [{"study": c.study, "trial": c.trial, "config_key": c.key, "search value": c.search_value,
-             "seed": r.seed, "objective": r.objective, "run ids": r.run_ids, "params": _params(c.params)}
+             "seed": r.seed, "objective": r.objective, "run ids": r.run_ids, "params": format_params(c.params)}
             | {f"CCC {t}": float(np.mean(v)) for t, v in r.target_ccc.items()}
             for cs in candidates.values() for c in cs for r in runs[c.key]]
     if not any(row["study"] == exp.request.study for row in rows):
@@ -375,10 +376,6 @@ def _results_table(ranking: pd.DataFrame, chosen: Candidate, chosen_runs: list[S
 def _pool_labels(exp: Experiment) -> np.ndarray:
     plan = exp.plan
     return plan.corpus.labels_for(plan.pool)[:, [plan.corpus.targets.index(t) for t in exp.primary.targets]]
-
-
-def _params(params: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from core.corpus import Corpus
 from search.retrain.fusion import Fused
+from search.retrain.runs import pool_rows
 
 COLORS = ("#222222", "#1f77b4", "#d62728")
 
@@ -73,8 +74,7 @@ def write_report(path: Path, data: ReportData) -> Path:
          "(the best pooled score)."),
     ]
     devel = np.arange(*data.corpus.partition_videos["devel"])
-    rows = {v: r for v, r in zip(data.pool.tolist(), np.split(np.arange(len(data.pool_labels)),
-                                                            np.cumsum(data.corpus.lengths(data.pool))[:-1]))}
+    rows = pool_rows(data.corpus, data.pool)
     devel_rows = np.concatenate([rows[v] for v in devel.tolist()])
     parts = [("devel", devel, data.pool_labels[devel_rows], data.chosen.oof[devel_rows], data.delivered.oof[devel_rows])]
     if data.test_labels is not None:

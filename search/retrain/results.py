@@ -55,6 +55,7 @@ class FoldRun(Provenance, Base):
     best_epoch: Mapped[int | None]
     epochs_run: Mapped[int | None]
     seconds: Mapped[float | None]  # training time, not time queued
+    node: Mapped[str | None] = mapped_column(sa.String(64))  # the Ray node it ran on
     predictions: Mapped[str | None] = mapped_column(sa.String(1024))  # folder with score.npy and test.npy
 
 

@@ -108,7 +108,8 @@ def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     result = train(corpus, config, split, device=device, log=None)
     return {"summary": result.summary(), "score": result.predict(split.score),
-            "test": result.predict(np.arange(*corpus.partition_videos["test"]))}
+            "test": result.predict(np.arange(*corpus.partition_videos["test"])),
+            "node": ray.get_runtime_context().get_node_id()}
 
 
 def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
@@ -209,7 +210,7 @@ def _store(engine, c: Candidate, seed: int, split: Split, plan: Plan, out: dict)
             study=c.study, trial_number=c.trial, config_key=c.key, config=c.config.replace(seed=seed).to_dict(),
             seed=seed, split=split.name, protocol=plan.protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
             best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
-            code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
+            node=out["node"], code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
         folder = plan.out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.name.replace('/', 'of').replace(' ', '-')}"
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "score.npy", out["score"])

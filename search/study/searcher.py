@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 
 from core.config import TrainConfig
 from search.study.file import StudySpec
-from search.study.space import sample
+from search.study.space import format_params, sample
 from search.study.storage import mask, retrying
 from search.study.trainable import METRIC, TrialReport
 
@@ -170,7 +170,7 @@ class StudySearcher(Searcher):
         if seen:  # when the trial's process took it up: the rest of the wait is scheduling
             started = dt.datetime.fromisoformat(seen.started_at).timestamp()
             attrs |= {"started_at": seen.started_at, "scheduling_s": round(max(0.0, started - run.suggested_at), 3),
-                      "device": seen.device, "gpu_ids": seen.gpu_ids, "threads": seen.threads}
+                      "device": seen.device, "gpu_ids": seen.gpu_ids, "node": seen.node, "threads": seen.threads}
         if last:
             attrs |= {"folds_evaluated": len(last.fold_ccc), "fold_ccc": last.fold_ccc, "target_ccc": last.target_ccc}
         self._storage(lambda: [run.trial.set_user_attr(k, v) for k, v in attrs.items()])
@@ -211,7 +211,6 @@ class StudySearcher(Searcher):
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
         shown = f"{value:.4f}" if value is not None else "  -   "
         folds = f"{attrs.get('folds_evaluated', 0)}/{self.spec.folds} folds " if self.spec.folds > 1 else ""
-        params = next(t.params for t in trials if t.number == number)
-        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        params = format_params(next(t.params for t in trials if t.number == number))
         self.log(f"[{counted}/{self.spec.trials}] trial {number:4d} {state.name:8s} {shown} | {best_text} | "
                  f"{folds}{attrs['epochs_run']} epochs {attrs['wall_time_s']:.0f}s {attrs['stop_reason']} | {params}")

@@ -115,6 +115,11 @@ class Space:
         return {name: p.to_dict() for name, p in self.ranges.items()}
 
 
+def format_params(params: dict) -> str:
+    """Sampled parameters on one line, floats to 3 significant digits."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def sample(trial: optuna.trial.BaseTrial, space: Space) -> TrainConfig:
     """One config, define-by-run: a setting is drawn only where it changes the model."""
     def pick(name: str) -> Any:

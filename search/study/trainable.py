@@ -30,6 +30,7 @@ class TrialReport:
     stop_reason: str | None  # set on a trial's last report: the last fold's "early_stop", "max_frames" or "max_epochs"
     device: str
     gpu_ids: list[str]  # the GPUs Ray gave the trial (it sees them as cuda:0, ...)
+    node: str  # the Ray node it ran on
     threads: int
     started_at: str  # ISO 8601, when the trial's process took it up
     error: str | None = None
@@ -65,6 +66,7 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
     threads = use_threads(config["cpu"])
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]  # Ray also sets CUDA_VISIBLE_DEVICES to these
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    node = ray.get_runtime_context().get_node_id()
     folds: list[dict[str, float]] = []  # per finished fold: per-target CCC at its selected epoch
     epochs_before = 0
 
@@ -80,7 +82,7 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
             target_ccc={t: [round(s[t], 6) for s in scores] for t in cfg.emo_dim_set},
             objective=float(np.mean(fold_ccc)) if fold_ccc else float("nan"),
             stop_reason=epoch.stop_reason if epoch and epoch.final and last_fold else None,
-            device=device, gpu_ids=gpu_ids, threads=threads, started_at=started, error=error).to_result())
+            device=device, gpu_ids=gpu_ids, node=node, threads=threads, started_at=started, error=error).to_result())
 
     fold = 1
     try:
