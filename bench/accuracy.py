@@ -98,13 +98,12 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
 def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str) -> dict:
     """The entry's config trained the entry's way (train, early stopping on devel), with the seeds; test looked at once."""
     import numpy as np
-    import ray
 
     from bench.entry import entry_config
     from core.corpus import load_corpus
     from core.metrics import ccc
     from core.splits import make_splits, pool
-    from search.cluster import Resources, ensure_ray
+    from search.cluster import Resources, ensure_ray, put_corpus
     from search.retrain.pipeline import test_labels
     from search.retrain.results import open_results, record_look
     from search.retrain.runs import Candidate, Plan, retrain
@@ -114,7 +113,7 @@ def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str
     ensure_ray(None, print)
     engine = open_results(args.storage)
     study = f"{prefix}_entry_protocol"
-    plan = Plan(corpus, ray.put(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
+    plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
                 Resources(1, 0, 2), 1, args.out)
     candidate = Candidate(study, None, None, config, {}, corpus.fingerprint)
     runs = retrain(engine, [candidate], list(range(args.seeds)), plan, _prefixed(study))[candidate.key]

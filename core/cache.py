@@ -2,7 +2,9 @@
 
 An entry's key hashes the source files' paths, sizes and mtimes, so editing or replacing any file
 makes a new entry; nothing is pickled, and an entry appears atomically (built in a temporary folder,
-then renamed), so a crash mid-build leaves no half entry behind.
+then renamed), so a crash mid-build leaves no half entry behind. Values are memory-mapped read-only:
+a load copies nothing, and every process on a machine that maps an entry shares its pages. Files
+derived from an entry (values with gaps filled, per-video sums) are made once, beside it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -98,5 +101,17 @@ class EntryWriter:
 
 def read_entry(folder: Path, arrays: Iterable[str]) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
     manifest = json.loads((folder / "manifest.json").read_text())
-    values = np.fromfile(folder / "values.bin", dtype=np.float32).reshape(manifest["shape"])
+    values = np.memmap(folder / "values.bin", dtype=np.float32, mode="r", shape=tuple(manifest["shape"]))
     return manifest, values, {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in arrays}
+
+
+def derived(folder: Path, name: str, write: Callable[[BinaryIO], None]) -> Path:
+    """folder/name, written by write(file) the first time it is asked for (atomically: concurrent loads
+    may both write it, one wins)."""
+    path = folder / name
+    if not path.exists():
+        tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    return path

@@ -6,6 +6,7 @@ a corpus loaded without them (as every search loads it) does not hold them and r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cache import EntryWriter, default_cache_dir, entry_dir, parse_in_order, read_entry
+from core.cache import EntryWriter, default_cache_dir, derived, entry_dir, parse_in_order, read_entry
 from core.errors import ConfigError, DataError, TestLabelsLocked
 from core.muse_files import (FEATURE_DIR, LABEL_DIR, PARTITIONS, TARGETS, check_files, feature_file,
                              feature_sets_in, label_file, read_feature_file, read_label_file, read_partition)
@@ -92,6 +93,25 @@ class Corpus:
                                    "load it with test_labels=True to evaluate on test, once, at the end")
         return self.labels[self.frames(partition)]
 
+    def __getstate__(self) -> dict:
+        """Pickled (as Ray ships it), a memory-mapped feature set travels as its cache file's name: every
+        process on the machine maps that one file. A corpus from in_memory() travels by value."""
+        return self.__dict__ | {"features": {n: ("map", a.filename, a.shape) if isinstance(a, np.memmap) else a
+                                             for n, a in self.features.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        state["features"] = {n: np.memmap(a[1], dtype=np.float32, mode="r", shape=a[2]) if isinstance(a, tuple) else a
+                             for n, a in state["features"].items()}
+        self.__dict__.update(state)
+
+    def in_memory(self) -> Corpus:
+        """The same corpus with its features read into memory: for machines that cannot see the cache files."""
+        return dataclasses.replace(self, features={n: np.array(a) for n, a in self.features.items()})
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(a.nbytes for a in self.features.values())
+
     @property
     def dims(self) -> dict[str, int]:
         return {name: values.shape[1] for name, values in self.features.items()}
@@ -122,13 +142,13 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
     features, reference = {}, None
     for name in feature_sets:
         check_files(root / FEATURE_DIR / name, videos, f"'{name}' feature")
-        manifest, values, arrays = _feature_entry(root, name, videos, cache_dir, parsed, log)
+        folder, (manifest, values, arrays) = _feature_entry(root, name, videos, cache_dir, parsed, log)
         files = [feature_file(root, name, v) for v in videos]
         if reference is None:  # the first feature set's rows are the frame index everything must match
             lengths, timestamps, segment_ids = arrays["lengths"], arrays["timestamps"], arrays["segment_ids"]
             reference = dict(zip(videos, zip(files, _per_video(timestamps, lengths))))
         _check_aligned(files, videos, arrays, reference)
-        features[name] = (manifest, values)
+        features[name] = (folder, manifest, values)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
     label_columns, label_hashes = [], []
@@ -150,27 +170,32 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
     bounds = np.cumsum([0] + [counts[p] for p in PARTITIONS])
     partition_videos = {p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(PARTITIONS)}
     train = slice(0, int(offsets[bounds[1]]))
-    sums, gaps = {}, {}
-    for name, (manifest, values) in features.items():
+    arrays, sums, gaps = {}, {}, {}
+    for name, (folder, manifest, values) in features.items():
         gaps[name] = sum(manifest["nonfinite"].values())
         if gaps[name] and nonfinite == "error":
             worst = sorted(manifest["nonfinite"].items(), key=lambda kv: -kv[1])[:10]
             files = ", ".join(f"{feature_file(root, name, v)} ({c})" for v, c in worst)
             raise DataError(f"feature set '{name}' has {gaps[name]} NaN/inf cells: {files}; "
                             "use nonfinite='mean' (--nonfinite mean) to fill them with the train mean")
-        if gaps[name]:
-            rows, cols = np.nonzero(np.isnan(values))
-            values[rows, cols] = _train_mean(values[train])[cols]
-        sums[name] = _video_sums(values, offsets)
+        variant = "raw"
+        if gaps[name]:  # a filled copy beside the entry, for this train partition's means
+            fill = _train_mean(values[train])
+            variant = f"filled-{hashlib.sha1(fill.tobytes()).hexdigest()[:16]}"
+            path = derived(folder, f"{variant}.bin", lambda f: _write_filled(values, fill, f))
+            values = np.memmap(path, dtype=np.float32, mode="r", shape=values.shape)
+        arrays[name] = values
+        sums[name] = np.load(derived(folder, f"sums-{variant}.npy",
+                                     lambda f: np.save(f, _video_sums(values, offsets))))  # noqa: B023
     sums["seg_id"] = _video_sums(segment_ids[:, None].astype(np.float32), offsets)
 
-    hashes = {f"features:{n}": features[n][0]["content_hash"] for n in feature_sets}
+    hashes = {f"features:{n}": features[n][1]["content_hash"] for n in feature_sets}
     hashes |= {f"labels:{t}": h for t, h in zip(targets, label_hashes)}
     return Corpus(
         root=str(root), feature_sets=feature_sets, targets=targets,
         video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets, partition_videos=partition_videos,
         timestamps=timestamps, segment_ids=segment_ids,
-        features={n: values for n, (_, values) in features.items()}, video_sums=sums, labels=labels,
+        features=arrays, video_sums=sums, labels=labels,
         has_test_labels=test_labels, fingerprint=_fingerprint(split, hashes, feature_sets, targets),
         content_hashes=hashes, nonfinite=gaps, parsed=tuple(parsed))
 
@@ -233,7 +258,7 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
         except BaseException:
             writer.discard()
             raise
-    return read_entry(folder, ("lengths", "timestamps", "segment_ids"))
+    return folder, read_entry(folder, ("lengths", "timestamps", "segment_ids"))
 
 
 def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_dir: Path, parsed: list[str], log):
@@ -281,6 +306,15 @@ def _train_mean(train: np.ndarray, chunk_rows: int = 32768) -> np.ndarray:
     total = sum(np.nansum(chunk, axis=0, dtype=np.float64) for chunk in chunks)
     count = sum((~np.isnan(chunk)).sum(axis=0) for chunk in chunks)
     return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def _write_filled(values: np.ndarray, fill: np.ndarray, out, chunk_rows: int = 32768) -> None:
+    """values with every NaN replaced by its column's fill value, written in row chunks."""
+    for i in range(0, len(values), chunk_rows):
+        chunk = np.array(values[i:i + chunk_rows])
+        rows, cols = np.nonzero(np.isnan(chunk))
+        chunk[rows, cols] = fill[cols]
+        out.write(chunk.tobytes())
 
 
 def _video_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""The Ray cluster both commands run on: joining or starting it, and fitting work to its nodes.
+"""The Ray cluster both commands run on: joining or starting it, fitting work to its nodes, sharing the data.
 
-A request no node can hold (more GPUs or CPUs per trial than the largest node has) is refused up
-front with one clear error, instead of waiting forever for resources that never come.
+A request no node can hold (more GPUs or CPUs per trial than the largest node has, or more memory
+than a node has for the data and its trials) is refused up front with one clear error, instead of
+waiting forever for resources that never come or being killed for memory halfway.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 
 from core.errors import ConfigError
 
+TRIAL_GB = 1.0  # a trial's own memory besides the data (0.6-0.8 GB measured by python -m bench.search_speed)
+
 
 @dataclass(frozen=True)
-class Resources:
+class Resources:  # per task
     cpu: float
     gpu: float
     concurrent: int  # how many such tasks the cluster holds at once
@@ -61,3 +64,32 @@ def fit_resources(cpu: float, gpu: float, max_concurrent: int | None, what: str,
     if fits < 1:
         raise ConfigError(f"{what}: no node has room for one task of {cpu:g} CPU and {gpu:g} GPU")
     return Resources(cpu, gpu, min(max_concurrent or fits, fits))
+
+
+def put_corpus(corpus):
+    """The data set, once per node: on one machine only the names of its memory-mapped cache files travel
+    (every trial maps the same pages); across machines, Ray's object store carries its arrays."""
+    import ray
+
+    here = ray.util.get_node_ip_address()
+    one_host = all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive"))
+    return ray.put(corpus if one_host else corpus.in_memory())
+
+
+def check_memory(data_bytes: int, resources: Resources, what: str) -> None:
+    """Every node that runs tasks must hold the data once plus TRIAL_GB per task it runs at once."""
+    import ray
+
+    for node in (n["Resources"] for n in ray.nodes() if n.get("Alive")):
+        slots = math.floor(node.get("CPU", 0) / resources.cpu + 1e-9)
+        if resources.gpu:
+            slots = min(slots, math.floor(node.get("GPU", 0) / resources.gpu + 1e-9))
+        tasks = min(slots, resources.concurrent)
+        if tasks < 1:
+            continue
+        has = (node.get("memory", 0) + node.get("object_store_memory", 0)) / 2 ** 30
+        needs = data_bytes / 2 ** 30 + tasks * TRIAL_GB
+        if needs > has:
+            raise ConfigError(f"{what}: {tasks} task(s) at a time on a node need about {needs:.1f} GB (the data, "
+                              f"{data_bytes / 2 ** 30:.1f} GB, once, and about {TRIAL_GB:g} GB per task), but the "
+                              f"node has {has:.1f} GB; lower resources.max_concurrent or search fewer feature sets")

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.data, args.cpu, args.gpu, args.ray_address, args.out, args.new_test_evaluation)
 
     def body() -> None:
-        use_threads(args.threads)
+        print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)
         retrain_best(request, log=lambda line: print(line, flush=True))
     return run_command(body)
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "sampler", "seed", "pruner", "cpu", "gpu")}
 
     def body() -> None:
-        use_threads(args.threads)
+        print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)
         run_study(load_study_file(args.study_file, overrides), force=args.force, ray_address=args.ray_address,
                   dashboard_port=args.dashboard, log=lambda line: print(line, flush=True))
     return run_command(body)

@@ -306,3 +306,20 @@ def test_a_study_and_its_retrain_run_on_several_nodes_and_outlive_a_lost_one(tin
     with Session(open_results(storage)) as session:
         nodes = {r.node for r in session.query(FoldRun).filter(FoldRun.study == "nodes")}
     assert len(nodes) == 2
+
+
+def test_a_node_too_small_for_the_data_and_its_trials_is_refused_up_front(tiny_root, tmp_path):
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=2, memory=400 * 2 ** 20, object_store_memory=100 * 2 ** 20)
+    try:
+        path = study_file(tmp_path, tiny_root, f"sqlite:///{tmp_path / 'studies.db'}", study="small")
+        out = subprocess.run(RUN_STUDY + [str(path), "--ray-address", cluster.address], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        cluster.shutdown()
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "resources: 2 task(s) at a time on a node need about 2.0 GB (the data, 0.0 GB, once, and about 1 GB " \
+           "per task), but the node has 0.5 GB" in out.stderr
+    trials = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path / 'studies.db'}").trials
+    assert trials == []  # refused before any trial ran

@@ -1,5 +1,6 @@
 """The data layer: reading the MuSe layout, the cache, the test-label lockout, windows, and every bad input."""
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -332,3 +333,35 @@ def test_a_binary_feature_file_is_named_without_its_bytes(root_copy):
     with pytest.raises(DataError) as error:
         load_corpus(root_copy, ["egemaps"])
     assert str(error.value) == f"{path} is not a text CSV file (it holds binary data)"
+
+
+def test_a_corpus_travels_as_the_names_of_its_cache_files_and_maps_them(tiny_root, tmp_path):
+    import pickle
+    corpus = load_corpus(tiny_root, ["egemaps", "fasttext"], cache_dir=tmp_path)
+    shipped = pickle.dumps(corpus)
+    assert len(shipped) < corpus.data_bytes / 4  # the features are not in it
+    back = pickle.loads(shipped)
+    for name, values in corpus.features.items():
+        assert isinstance(back.features[name], np.memmap) and back.features[name].filename == values.filename
+        np.testing.assert_array_equal(back.features[name], values)
+    in_memory = pickle.dumps(corpus.in_memory())
+    assert len(in_memory) > corpus.data_bytes  # for machines that cannot see the cache
+    np.testing.assert_array_equal(pickle.loads(in_memory).features["fasttext"], corpus.features["fasttext"])
+
+
+def test_mapped_loads_equal_parsed_ones_and_gaps_are_filled_in_a_file_beside_the_entry(root_copy, tmp_path):
+    from core.muse_files import read_feature_file
+    video = read_partition(root_copy)["train"][0]
+    path = feature_file(root_copy, "egemaps", video)
+    _rewrite(path, lambda lines: lines[:2] + [",".join(lines[2].split(",")[:3] + ["nan"] + lines[2].split(",")[4:])]
+             + lines[3:])
+    first = load_corpus(root_copy, ["egemaps"], cache_dir=tmp_path)
+    second = load_corpus(root_copy, ["egemaps"], cache_dir=tmp_path)
+    assert first.parsed and not second.parsed
+    rows = read_feature_file(path).values
+    k = list(first.video_ids).index(video)
+    mapped = second.features["egemaps"][first.offsets[k]:first.offsets[k + 1]]
+    assert np.isnan(rows[1, 1]) and np.isnan(rows).sum() == 1 and mapped[1, 1] == pytest.approx(second.stats_for(second.videos("train"))["egemaps"][0][1], rel=1e-6)
+    np.testing.assert_array_equal(np.delete(mapped, 1, axis=0), np.delete(rows, 1, axis=0))
+    assert Path(second.features["egemaps"].filename).name.startswith("filled-")
+    assert not second.features["egemaps"].flags.writeable

@@ -228,16 +228,15 @@ def test_storages_that_cannot_serve_leave_nothing_behind(studies, tmp_path):
 
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(studies):
-    import ray
     from core.corpus import load_corpus
     from core.splits import make_splits, pool
-    from search.cluster import Resources
+    from search.cluster import Resources, put_corpus
     from search.retrain.runs import Candidate, Plan, retrain
     from search.study.file import StudySpec
     study = optuna.load_study(study_name="valence", storage=studies["storage"])
     spec = StudySpec.from_record(study.user_attrs["spec"], studies["storage"])
     corpus = load_corpus(spec.data_root, ["egemaps", "fasttext"], ["valence"])
-    plan = Plan(corpus, ray.put(corpus), make_splits(corpus, 3), pool(corpus, 3), "folds=3 seed=0",
+    plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, 3), pool(corpus, 3), "folds=3 seed=0",
                 Resources(1, 0, 2), 1, studies["folder"] / "failing")
     good = trial_config(study.best_trial)
     ok = Candidate("failing", 0, None, good, {}, "f")

@@ -148,7 +148,9 @@ def test_best_weights_reproduce_the_best_devel_ccc(corpus):
 
 def test_diverging_training_is_an_error_not_a_nan_score(tiny_root, tmp_path):
     corpus = load_corpus(tiny_root, ["egemaps"], ["arousal"], cache_dir=tmp_path)
-    corpus.features["egemaps"][corpus.frames("train")] = 3e38  # overflows to inf in the first layer
+    poisoned = np.array(corpus.features["egemaps"])  # the loaded arrays are read-only maps of the cache
+    poisoned[corpus.frames("train")] = 3e38  # overflows to inf in the first layer
+    corpus.features["egemaps"] = poisoned
     with pytest.raises(TrainingDiverged, match="training loss became nan at epoch 1"):
         train(corpus, TrainConfig(**SMALL | {"normalize": ()}), log=None)
 

@@ -25,7 +25,7 @@ from core.metrics import ccc
 from core.predictions import write_predictions
 from core.splits import make_splits, pool
 from search import DEFAULT_STORAGE
-from search.cluster import ensure_ray, fit_resources
+from search.cluster import check_memory, ensure_ray, fit_resources, put_corpus
 from search.retrain import fusion
 from search.retrain.fusion import Fused, Pool, Stream
 from search.retrain.report import ReportData, write_report
@@ -152,8 +152,6 @@ def show_evaluation(exp: Experiment, evaluation: Evaluation) -> dict:
 
 def prepare(exp: Experiment) -> None:
     """Load the data all studies need (no test labels), check it is what they ran on, and plan the runs on Ray."""
-    import ray
-
     request, primary = exp.request, exp.primary
     feature_sets = list(dict.fromkeys(f for s in exp.specs.values() for f in s.space.feature_sets()))
     targets = tuple(dict.fromkeys(t for s in exp.specs.values() for t in s.targets))
@@ -169,7 +167,8 @@ def prepare(exp: Experiment) -> None:
     what = "--cpu/--gpu" if request.cpu or request.gpu is not None else f"study {request.study!r} resources"
     resources = fit_resources(request.cpu or primary.cpu, primary.gpu if request.gpu is None else request.gpu,
                               None, what, exp.log)
-    exp.plan = Plan(corpus, ray.put(corpus), make_splits(corpus, primary.folds, primary.fold_seed),
+    check_memory(corpus.data_bytes, resources, what)
+    exp.plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, primary.folds, primary.fold_seed),
                     pool(corpus, primary.folds), f"folds={primary.folds} seed={primary.fold_seed}", resources,
                     threads=max(1, int(resources.cpu)), out_dir=request.out_dir)
 

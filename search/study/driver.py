@@ -162,10 +162,9 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
               dashboard_port: int | None = None, log: Callable[[str], None] = print,
               trial_fn: Callable = objective) -> dict:
     """Run or resume the study; trial_fn(config, corpus_ref, splits) is one trial (the scale benchmark swaps it)."""
-    import ray
     from ray import tune
 
-    from search.cluster import ensure_ray, fit_resources
+    from search.cluster import check_memory, ensure_ray, fit_resources, put_corpus
     from search.dashboard import serve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
@@ -190,6 +189,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     frames_per_fold, grace = fidelity(spec, corpus, splits)
     ensure_ray(ray_address, log)
     resources = fit_resources(spec.cpu, spec.gpu, spec.max_concurrent, f"{spec.source}: resources", log)
+    check_memory(corpus.data_bytes, resources, f"{spec.source}: resources")
     if dashboard_port:
         serve(spec.storage, dashboard_port, log=log, background=True)
     max_t = frames_per_fold * len(splits)
@@ -202,8 +202,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log)
     heartbeat = Heartbeat(study, searcher.beat_all, log).start()
     try:
-        # One copy of the data set per node, in Ray's object store; the driver keeps only a view of it.
-        corpus_ref = ray.put(corpus)
+        corpus_ref = put_corpus(corpus)
         del corpus
         folds = f" over {len(splits)} folds" if len(splits) > 1 else ""
         log(f"study {spec.name!r}: up to {spec.trials} trials{folds}, each at most {spec.max_epochs} passes "
