@@ -1,6 +1,6 @@
 """Accuracy on data the search never saw: the entry's config vs the search's choice vs fusion vs random search.
 
-    python -m bench.accuracy [--sets s40 s60 s100] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
+    python -m bench.accuracy [--sets s40 s60 s80] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
     python -m bench.accuracy --data ROOT       # an existing data set instead (real MuSe files, say)
 
 Per synthetic data set (other seeds, lags, noise levels and sizes than the data the project was
@@ -8,10 +8,11 @@ built on) and target:
 - the entry's README config, trained as the entry did (train on train, early stopping on devel, 100
   epochs), 5 seeds: devel CCC (selected on devel, so optimistic) and test CCC;
 - the same config under the service's protocol (a study of that one config: 5 folds of train+devel
-  with the study's frame cap, retrained with 5 seeds, each seed's 5 fold models averaged on test);
+  with the study's frame cap, retrained with 3 seeds, each seed's 5 fold models averaged on test);
 - the TPE study (studies/accuracy.yaml, started from the entry's config), retrain-best of its top 2
   configs with 5 seeds: the chosen config and the best fusion;
-- a random-search study with the same budget (trials, folds, caps, ASHA), retrain-best of its top config.
+- a random-search study at equal compute (the same folds, caps and ASHA, trials until it has trained
+  as many frames as the TPE study), retrain-best of its top config with 3 seeds.
 Each line shows CV (or devel) CCC, test CCC (mean ± std over seeds) and the drop from one to the other.
 Then: training frames per study (equal compute), how often each feature-set combination was tried,
 and the rank correlation between the values at each ASHA rung and the final values. Every look at
@@ -28,7 +29,7 @@ from pathlib import Path
 DATASETS = {  # name: generator settings (synthetic.generate's arguments)
     "s40": dict(videos=40, seed=101, lag=8, noise=1.0, min_frames=800, max_frames=2400),
     "s60": dict(videos=60, seed=102, lag=4, noise=0.8, min_frames=600, max_frames=1800),
-    "s100": dict(videos=100, seed=103, lag=12, noise=1.2, min_frames=600, max_frames=1800),
+    "s80": dict(videos=80, seed=103, lag=12, noise=1.2, min_frames=500, max_frames=1500),
 }
 STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "accuracy.yaml"
 
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
     parser.add_argument("--trials", type=int, help="study budget (default: the study file's)")
     parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds of every retrained config (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=5,
+                        help="seeds of the search's configs and of the entry's protocol (default: %(default)s)")
+    parser.add_argument("--others", type=int, default=3,
+                        help="seeds of random search's config and of the entry's config in folds (default: %(default)s)")
     args = parser.parse_args(argv)
     from core.errors import run_command
     return run_command(lambda: benchmark(args))
@@ -79,18 +83,24 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
     common = {"storage": args.storage, "data": root, "target": target, "trials": args.trials,
               "max_epochs": args.max_epochs}
     print(f"\n==== data set {name} ({DATASETS.get(name, root)}), target {target} ====", flush=True)
-    specs = {"tpe": load_study_file(args.study_file, common | {"study": f"{prefix}_tpe"}),
-             "random": load_study_file(args.study_file, common | {"study": f"{prefix}_random", "sampler": "random"}),
-             "entry": load_study_file(args.study_file, common | {"study": f"{prefix}_entry", "trials": 1, "pruner": "none"})}
     log = _prefixed(prefix)
-    for spec in specs.values():
-        run_study(spec, log=log)
+    specs = {"tpe": load_study_file(args.study_file, common | {"study": f"{prefix}_tpe"})}
+    run_study(specs["tpe"], log=log)
+    # random search at equal compute: as many training frames as the TPE study used, whatever the trials
+    specs["random"] = load_study_file(args.study_file, common | {
+        "study": f"{prefix}_random_frames", "sampler": "random", "trials": 1000,
+        "train_frames": train_frames(args.storage, specs["tpe"].name)})
+    specs["entry"] = load_study_file(args.study_file, common | {"study": f"{prefix}_entry", "trials": 1,
+                                                                "pruner": "none"})
+    for kind in ("random", "entry"):
+        run_study(specs[kind], log=log)
     out = {}
-    for kind, top_k in (("tpe", 2), ("random", 1), ("entry", 1)):
-        out[kind] = retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=args.seeds,
-                                         out_dir=args.out), log=log)
+    for kind, top_k, seeds in (("tpe", 2, args.seeds), ("random", 1, args.others), ("entry", 1, args.others)):
+        out[kind] = retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=seeds, out_dir=args.out),
+                                 log=log)
     return {"set": name, "target": target, "entry_protocol": entry_protocol(args, root, target, prefix),
             **out, "frames": {k: train_frames(args.storage, s.name) for k, s in specs.items() if k != "entry"},
+            "trials": {k: trial_count(args.storage, s.name) for k, s in specs.items() if k != "entry"},
             "combinations": combinations(args.storage, specs["tpe"].name),
             "rungs": rung_correlations(args.storage, specs["tpe"])}
 
@@ -127,6 +137,11 @@ def train_frames(storage: str, study: str) -> int:
     import optuna
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     return int(sum(max(t.intermediate_values, default=0) for t in trials))
+
+
+def trial_count(storage: str, study: str) -> int:
+    import optuna
+    return len(optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False))
 
 
 def combinations(storage: str, study: str) -> Counter:
@@ -191,7 +206,8 @@ def report(results: list[dict]) -> None:
               f"{fused[best] - base:+.4f} (target +0.08); best fusion - entry: {max(fused.values()) - base:+.4f}")
         print(f"  drop chosen - drop entry: {rows[2][3] - rows[0][3]:+.4f} (target <= +0.01); "
               f"TPE - random (test): {chosen - rnd['test_ccc'][target]['mean']:+.4f} (target >= 0)")
-        print(f"  training frames: TPE {r['frames']['tpe']:,}, random {r['frames']['random']:,}")
+        print(f"  training frames: TPE {r['frames']['tpe']:,}, random {r['frames']['random']:,} "
+              f"({r['trials']['tpe']} and {r['trials']['random']} trials)")
         print(f"  feature sets tried (TPE): {dict(r['combinations'])}")
         print("  rank correlation of rung values with final values (TPE): "
               + ", ".join(f"{k}: {rho:+.2f} (n={n})" for k, (rho, n) in r["rungs"].items()))

@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="MuSe data root (default: the file's data.root)")
     p.add_argument("--trials", type=int, help="budget: trials in the study, those already there included (default: the file's)")
     p.add_argument("--max-epochs", type=int, help="passes per fold a trial may train (default: the file's)")
+    p.add_argument("--train-frames", type=int, help="budget: training frames of all trials together (default: the "
+                                                    "file's, else none)")
     p.add_argument("--wall-time", type=float, dest="wall_time_s", help="seconds after which no trial starts (default: none)")
     p.add_argument("--sampler", help="tpe, random, cmaes or gp (default: the file's, else tpe)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the file's, else 0)")
@@ -51,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from search.study.driver import run_study
     from search.study.file import load_study_file
 
-    overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "wall_time_s",
-                                                 "sampler", "seed", "pruner", "cpu", "gpu")}
+    overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "train_frames",
+                                                 "wall_time_s", "sampler", "seed", "pruner", "cpu", "gpu")}
 
     def body() -> None:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)

@@ -283,7 +283,7 @@ def test_rerun_continues_the_study_within_its_budget(finished_study):
     assert "resuming study 'tiny': 8 of 10 trials already count" in lines_of(log)
     log.clear()
     run_study(spec, log=log.append)  # the budget is spent: nothing runs, and Ray is not even asked
-    assert len(study.trials) == 10 and "its budget of 10 trials is spent; nothing to run" in lines_of(log)
+    assert len(study.trials) == 10 and "its budget (10 trials) is spent; nothing to run" in lines_of(log)
     assert not any(line.startswith("Ray:") for line in log)
 
 
@@ -458,3 +458,13 @@ def test_kill_9_of_the_driver_then_the_same_command_resumes(tiny_root, tmp_path)
     assert len(counted) == 6 and all(t.state == TrialState.COMPLETE for t in counted)
     old = [t.params for t in before if t.state == TrialState.COMPLETE or t.number in running]
     assert all(t.params not in old for t in after if t.number >= len(before))  # reseeded: no replay
+
+
+@e2e
+def test_a_budget_in_training_frames(ray_cluster, tiny_root, tmp_path):
+    path = study_file(tmp_path, tiny_root, sqlite(tmp_path), study="frames", pruner={"name": "none"},
+                      budget={"trials": 100, "max_epochs": 2, "train_frames": 5000},
+                      resources={"cpu": 1, "max_concurrent": 1})
+    run_study(load_study_file(path), log=lambda line: None)
+    frames = [max(t.intermediate_values) for t in optuna.load_study(study_name="frames", storage=sqlite(tmp_path)).trials]
+    assert sum(frames[:-1]) < 5000 <= sum(frames)  # no trial started once the trials had trained that much

@@ -26,7 +26,8 @@ from core.corpus import Corpus, load_corpus
 from core.errors import ConfigError
 from core.splits import Split, make_splits
 from search.study.file import StudySpec
-from search.study.searcher import DRIVER, RecordingASHA, StudySearcher, counts_against_budget, trial_config
+from search.study.searcher import (DRIVER, RecordingASHA, StudySearcher, budget_spent, counts_against_budget,
+                                   trial_config)
 from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage
 from search.study.trainable import METRIC, TIME_ATTR, objective
 
@@ -180,10 +181,11 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     storage = open_storage(spec.storage, heartbeat=True)
     study = open_study(storage, spec, corpus.fingerprint, force, log)
     started = time.time()
-    counted = [t for t in study.get_trials(deepcopy=False) if counts_against_budget(t)]
-    if len(counted) >= spec.trials and not any(t.state == TrialState.RUNNING for t in counted):
-        log(f"study {spec.name!r}: its budget of {spec.trials} trials is spent; nothing to run "
-            "(raise --trials to run more)")
+    trials = study.get_trials(deepcopy=False)
+    if budget_spent(trials, spec) and not any(t.state == TrialState.RUNNING for t in trials):
+        log(f"study {spec.name!r}: its budget ({spec.trials} trials"
+            + (f", {spec.train_frames:,} training frames" if spec.train_frames else "")
+            + ") is spent; nothing to run (raise --trials or --train-frames to run more)")
         return summarize(study, spec, None, time.time() - started, log)
 
     frames_per_fold, grace = fidelity(spec, corpus, splits)

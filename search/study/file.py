@@ -37,6 +37,7 @@ class StudySpec:
     trials: int
     max_epochs: int  # per fold: the most training frames a trial trains, in passes over its training videos
     space: Space
+    train_frames: int | None = None  # the study's compute: no trial starts once its trials processed this many
     folds: int = 1  # 1: train on train, score on devel; K >= 3: K folds over train + devel videos
     fold_seed: int = 0
     start_from: list[dict] = field(default_factory=list)  # Optuna parameters of configs tried first
@@ -119,6 +120,9 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     _need(isinstance(max_epochs, int) and max_epochs >= 1, "budget.max_epochs", "must be at least 1", max_epochs)
     wall = o.get("wall_time_s", budget.get("wall_time_s"))
     _need(wall is None or (isinstance(wall, (int, float)) and wall > 0), "budget.wall_time_s", "must be positive", wall)
+    frames = o.get("train_frames", budget.get("train_frames"))
+    _need(frames is None or (isinstance(frames, int) and frames > 0), "budget.train_frames", "a positive integer",
+          frames)
 
     sampler_name = o.get("sampler", sampler.get("name", "tpe"))
     _need(sampler_name in SAMPLERS, "sampler.name", f"one of {', '.join(SAMPLERS)}", sampler_name)
@@ -153,7 +157,8 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     _need(isinstance(start_from, list), "start_from", "a list of configs in the space's terms", start_from)
 
     return StudySpec(name=name, storage=o.get("storage", doc.get("storage", DEFAULT_STORAGE)), data_root=root,
-                     targets=tuple(targets), trials=trials, max_epochs=max_epochs, space=space, folds=folds,
+                     targets=tuple(targets), trials=trials, max_epochs=max_epochs, train_frames=frames, space=space,
+                     folds=folds,
                      fold_seed=fold_seed, start_from=[_start_config(c, space, f"start_from[{i}]")
                                                       for i, c in enumerate(start_from)],
                      wall_time_s=wall, nonfinite=data.get("nonfinite", "mean"), sampler=sampler_name, seed=seed,

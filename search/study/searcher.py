@@ -55,6 +55,12 @@ def counts_against_budget(trial: FrozenTrial) -> bool:
         trial.state == TrialState.FAIL and "stop_reason" not in trial.user_attrs)
 
 
+def budget_spent(trials: list[FrozenTrial], spec: StudySpec) -> bool:
+    """The trials that count reached the budget's trials, or all trials its training frames (their progress)."""
+    frames = sum(max(t.intermediate_values, default=0) for t in trials)
+    return sum(counts_against_budget(t) for t in trials) >= spec.trials or frames >= (spec.train_frames or math.inf)
+
+
 CONFIG = "config."  # a trial's training config is one user attribute per field: short lines in the dashboard
 
 
@@ -99,7 +105,7 @@ class StudySearcher(Searcher):
         if self.deadline and time.time() > self.deadline:
             return Searcher.FINISHED
         trials = self._storage(lambda: self.study.get_trials(deepcopy=False))
-        if sum(counts_against_budget(t) for t in trials) >= self.spec.trials:
+        if budget_spent(trials, self.spec):
             mine = {r.trial.number for r in self.running.values()}
             others = [t.number for t in trials if t.state == TrialState.RUNNING and t.number not in mine]
             if not others:
