@@ -1,5 +1,6 @@
 """The search service: study files, the space, and real studies on real Ray, SQLite and PostgreSQL."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -468,3 +469,22 @@ def test_a_budget_in_training_frames(ray_cluster, tiny_root, tmp_path):
     run_study(load_study_file(path), log=lambda line: None)
     frames = [max(t.intermediate_values) for t in optuna.load_study(study_name="frames", storage=sqlite(tmp_path)).trials]
     assert sum(frames[:-1]) < 5000 <= sum(frames)  # no trial started once the trials had trained that much
+
+
+@e2e
+def test_the_main_job_reruns_without_needless_work(tmp_path):
+    path = study_file(tmp_path, tmp_path / "data", f"sqlite:///{tmp_path / 'studies.db'}", study="main",
+                      objective={"folds": 3}, budget={"trials": 3, "max_epochs": 2})
+    command = [sys.executable, str(REPO / "search" / "main_job.py"), "--data", str(tmp_path / "data"), "--videos", "14",
+               "--study-file", str(path), "--top-k", "2", "--seeds", "1", "--out", str(tmp_path / "retrain")]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for phase in ("data", "study", "retrain-best", "total"):
+        assert re.search(rf"^{phase} +\d+$", first.stdout, re.M), phase
+    assert "== study: python search/run_study.py" in first.stdout and "delivered:" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already holds these 14 synthetic videos: kept" in second.stdout
+    assert "its budget (3 trials) is spent; nothing to run" in second.stdout
+    assert "test was already evaluated for study 'main'" in second.stdout
+    assert "Ray:" not in second.stdout  # no Ray started for nothing
