@@ -134,12 +134,24 @@ def open_results(url: str) -> sa.Engine:
     engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect)
     try:
         Base.metadata.create_all(engine)
+        _add_new_columns(engine)
         with Session(engine) as session, session.begin():  # a real write, before hours of training
             session.merge(ResultsSchema(id=1, version=SCHEMA_VERSION, opened_at=dt.datetime.now(dt.timezone.utc)))
     except sa.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"storage {mask(url)} cannot hold the results (no write access?): {reason}") from None
     return engine
+
+
+def _add_new_columns(engine: sa.Engine) -> None:
+    """Tables written by an earlier version of this schema get the (nullable) columns added since."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as db:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in (c for c in table.columns if c.name not in have):
+                db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                   f"{column.type.compile(engine.dialect)}"))
 
 
 def record_look(engine: sa.Engine, study: str, purpose: str) -> TestLook:

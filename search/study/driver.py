@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import math
 import os
 import secrets
@@ -215,19 +216,24 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study is the record: no per-result files
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ... so Tune finds none
         ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
         tuner = tune.Tuner(trainable,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
                                                        max_concurrent_trials=resources.concurrent,
                                                        # a new trial reuses a finished one's process: no
                                                        # seconds of worker start and torch import each time
-                                                       reuse_actors=True),
+                                                       reuse_actors=True, trial_dirname_creator=_trial_dirname),
                            run_config=tune.RunConfig(name=spec.name, storage_path=str(ray_results.resolve()),
                                                      verbose=0))
         tuner.fit()
     finally:
         heartbeat.stop()
     return summarize(study, spec, searcher, time.time() - started, log)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id  # Tune's default spells out the config: a TrainConfig makes that hundreds of characters
 
 
 def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | None, seconds: float,
