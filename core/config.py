@@ -17,6 +17,7 @@ TARGETS = ("arousal", "valence")
 SEGMENT_TYPES = ("normal", "id")  # windows over whole videos, or within each topic segment
 RNN_TYPES = ("lstm", "gru")
 LOSSES = ("ccc", "mse", "l1")
+PRECISIONS = ("fp32", "bf16")  # bf16: autocast of the forward pass; weights, losses and CCC stay float32
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainConfig:
     min_lr: float = 0.0
     clip: float = 0.0  # max gradient norm; 0 disables clipping
     l2_penalty: float = 0.0
+    precision: str = "fp32"
     seed: int = 314
 
     @classmethod
@@ -104,6 +106,7 @@ class TrainConfig:
         for name in ("attn_dr", "rnn_dr", "out_dr"):
             need(0 <= getattr(self, name) < 1, name, "a dropout rate must be in [0, 1)")
         need(self.loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}")
+        need(self.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "must be a positive number")
         need(0 < self.lr_factor < 1, "lr_factor", "must be in (0, 1)")
         for name in ("loss_weights", "out_biases"):

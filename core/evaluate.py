@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from core.batching import FrameInputs
 from core.metrics import ccc
+from core.model import Model, autocast
 from core.windows import video_batches
 
 # Frames per forward pass, padding included: whole-video evaluation batches and the pieces a training
@@ -14,7 +14,7 @@ from core.windows import video_batches
 FRAMES_PER_PASS = 1 << 14
 
 
-def predict_videos(model: nn.Module, inputs: FrameInputs, videos: np.ndarray,
+def predict_videos(model: Model, inputs: FrameInputs, videos: np.ndarray,
                    max_frames: int = FRAMES_PER_PASS) -> np.ndarray:
     """(frames, targets) predictions of whole videos, concatenated in the order given, clipped to the
     labels' range [-1, 1]. Videos are batched longest first, padded and masked."""
@@ -23,7 +23,7 @@ def predict_videos(model: nn.Module, inputs: FrameInputs, videos: np.ndarray,
     rows = dict(zip(videos.tolist(), zip(np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist(), lengths.tolist())))
     out = np.empty((int(lengths.sum()), inputs.labels.shape[1]), np.float32)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(model.cfg, inputs.device):
         for batch_videos in video_batches(corpus, videos, max_frames):
             starts = corpus.offsets[batch_videos]
             batch = inputs.batch(starts, corpus.lengths(batch_videos), with_labels=False)

@@ -19,6 +19,11 @@ from core.config import TrainConfig
 RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def autocast(cfg: TrainConfig, device: torch.device):
+    """The forward pass in bfloat16 where cfg.precision asks for it (weights stay float32), else as is."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 class SelfAttentionLayer(nn.Module):
     """Multi-head self-attention, residual, post-LayerNorm: the entry's layer.
 

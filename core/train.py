@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.config import LOSSES, RNN_TYPES, SEGMENT_TYPES, TARGETS, TrainConfig
+from core.config import LOSSES, PRECISIONS, RNN_TYPES, SEGMENT_TYPES, TARGETS, TrainConfig
 from core.errors import ConfigError, run_command
 
 PROG = "python -m core.train"
@@ -52,6 +52,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add("--out_dr", type=float, default=d.out_dr, help="regressor dropout (default: %(default)s)")
     add("--loss", default=d.loss, choices=LOSSES, help="training loss (default: %(default)s)")
     add("--loss_weights", type=float, nargs="+", default=[], help="weight per target (default: equal)")
+    add("--precision", default=d.precision, choices=PRECISIONS,
+        help="bf16: the forward pass in bfloat16 autocast (default: %(default)s)")
     helps = {"lr": "learning rate", "min_lr": "lowest learning rate of the plateau schedule",
              "lr_factor": "learning rate factor on a plateau", "clip": "max gradient norm, 0: no clipping",
              "l2_penalty": "Adam weight decay", "batch_size": "windows per batch", "epochs": "most epochs",

@@ -22,7 +22,7 @@ from core.corpus import Corpus
 from core.errors import TrainingDiverged
 from core.evaluate import FRAMES_PER_PASS, ccc_per_target, predict_videos
 from core.metrics import loss_count, loss_sum
-from core.model import Model
+from core.model import Model, autocast
 from core.splits import Split, make_splits
 from core.windows import batch_order, train_windows
 
@@ -163,7 +163,9 @@ def _fit_epoch(model: Model, optimizer: torch.optim.Optimizer, inputs: FrameInpu
         # windows (or frames), so pieces of at most frames_per_pass frames give the same gradient.
         for part in np.array_split(windows, -(-int(lengths[windows].sum()) // frames_per_pass)):
             batch = inputs.batch(starts[part], lengths[part])
-            pred = model(batch.x, batch.lengths)
+            with autocast(cfg, inputs.device):
+                pred = model(batch.x, batch.lengths)
+            pred = pred.float()  # the loss, like the metric, in float32
             loss = sum(w * loss_sum(cfg.loss, pred[..., j], batch.y[..., j], batch.mask)
                        for j, w in enumerate(weights)) / count
             loss.backward()

@@ -229,3 +229,13 @@ def test_predictions_stay_in_the_label_range(corpus):
     result = train(corpus, TrainConfig(**SMALL | {"epochs": 1, "lr": 1e-6, "out_biases": (5.0,)}), log=None)
     preds = result.predict(corpus.videos("devel"))
     assert preds.max() == 1.0  # the bias alone would put every prediction near 5
+
+
+def test_bf16_predicts_within_a_hair_of_float32_and_trains(corpus):
+    result = train(corpus, TrainConfig(**SMALL | {"epochs": 3}), log=None)
+    labels = corpus.labels_of("devel")[:, 0]
+    reference = ccc(result.predict(corpus.videos("devel"))[:, 0], labels)
+    result.config = result.config.replace(precision="bf16")  # the same weights, predicted in bfloat16
+    assert ccc(result.predict(corpus.videos("devel"))[:, 0], labels) == pytest.approx(reference, abs=0.005)
+    bf16 = train(corpus, TrainConfig(**SMALL | {"precision": "bf16"}), log=None)
+    assert bf16.last.score_ccc["arousal"] > 0.6  # as float32 training reaches (the control test above)
