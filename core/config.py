@@ -73,8 +73,11 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def key(self) -> str:
-        """Identity of the config whatever its seed: what 'distinct configs' and reused runs compare."""
-        canonical = json.dumps({k: v for k, v in self.to_dict().items() if k != "seed"}, sort_keys=True)
+        """Identity of the config whatever its seed: what 'distinct configs' and reused runs compare. Only
+        settings away from their defaults count, so a setting added later leaves earlier keys as they were."""
+        default = TrainConfig().to_dict()
+        canonical = json.dumps({k: v for k, v in self.to_dict().items() if k != "seed" and v != default[k]},
+                               sort_keys=True)
         return hashlib.sha1(canonical.encode()).hexdigest()
 
     @property

@@ -239,3 +239,9 @@ def test_bf16_predicts_within_a_hair_of_float32_and_trains(corpus):
     assert ccc(result.predict(corpus.videos("devel"))[:, 0], labels) == pytest.approx(reference, abs=0.005)
     bf16 = train(corpus, TrainConfig(**SMALL | {"precision": "bf16"}), log=None)
     assert bf16.last.score_ccc["arousal"] > 0.6  # as float32 training reaches (the control test above)
+
+
+def test_a_config_key_ignores_the_seed_and_settings_left_at_their_defaults():
+    base = TrainConfig(**SMALL)
+    assert base.key() == base.replace(seed=7).key() == base.replace(precision="fp32").key()
+    assert base.key() != base.replace(lr=0.001).key() != base.replace(precision="bf16").key()
