@@ -488,3 +488,13 @@ def test_the_main_job_reruns_without_needless_work(tmp_path):
     assert "its budget (3 trials) is spent; nothing to run" in second.stdout
     assert "test was already evaluated for study 'main'" in second.stdout
     assert "Ray:" not in second.stdout  # no Ray started for nothing
+
+
+def test_spaces_that_once_crashed_every_trial_now_sample():
+    """hop_fraction without win_len (the default window), rnn_bi without rnn_n_layers (one RNN layer)."""
+    space = parse_space({"hop_fraction": {"choices": [0.5, 1.0]}, "rnn_bi": {"choices": [True, False]},
+                         "feature_set": {"choices": [["egemaps"]]}}, {})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        cfg = sample(study.ask(), space)
+        assert cfg.win_len == 200 and cfg.hop_len in (100, 200) and cfg.rnn_n_layers == 1
