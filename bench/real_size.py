@@ -3,9 +3,10 @@
     python -m bench.real_size [--root data/real_size] [--videos 290]
 
 Prints: generation s, first load s (CSV parse), cached load s, the peak RSS of a cached load, one
-float32 copy of the feature sets, s per epoch of the entry's config on all three sets, and the
-machine's memory (PSS of the whole Ray session, which splits shared pages fairly) with 1 and with 4
-trials at a time of a one-epoch study over the real-size data, beside its total memory.
+float32 copy of the feature sets, s per epoch of the entry's config on all three sets and that
+training's peak RSS (also as a multiple of one copy), and the machine's memory (PSS of the whole Ray
+session, which splits shared pages fairly) with 1 and with 4 trials at a time of a one-epoch study
+over the real-size data, beside its total memory.
 """
 from __future__ import annotations
 
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     load = f"from core.corpus import load_corpus; c = load_corpus({str(args.root)!r}, {list(sets)!r}, cache_dir={str(cache)!r})"
     figures["one float32 copy of the features GB"] = float(_python(f"{load}; print(c.data_bytes / 2 ** 30)"))
     figures["frames"] = int(_python(f"{load}; print(len(c.timestamps))"))
-    figures["s per epoch, entry's config on all three sets"] = float(_python(f"""{load}
+    seconds, rss = _python(f"""import resource; {load}
 from bench.entry import ENTRY_VALENCE
 from core.trainer import train
 cfg = ENTRY_VALENCE.replace(feature_set={tuple(sets)!r}, normalize={tuple(sets)!r}, epochs=1)
-print(train(c, cfg, log=None).history[-1].seconds)"""))
+seconds = train(c, cfg, log=None).history[-1].seconds
+print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)""").split()
+    figures["s per epoch, entry's config on all three sets"] = float(seconds)
+    figures["peak RSS of that training GB"] = float(rss)
+    figures["  / one float32 copy"] = float(rss) / figures["one float32 copy of the features GB"]
     for concurrent in (1, 4):
         figures[f"PSS of the Ray session, {concurrent} trial(s) at a time GB"] = _study_pss(args.root, cache, concurrent)
     figures["machine memory GB"] = psutil.virtual_memory().total / 2 ** 30

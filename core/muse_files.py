@@ -130,8 +130,10 @@ def _header(path: Path) -> list[str]:
         raise DataError(f"{path} is missing")
     with open(path, "rb") as f:
         head = f.read(4096)
-    if b"\x00" in head or not _is_text(head):
-        raise DataError(f"{path} is not a text CSV file (it holds binary data)")
+        if b"\x00" in head or not _is_text(head):
+            raise DataError(f"{path} is not a text CSV file (it holds binary data)")
+        if b"\n" not in head:  # a wide header: DeepSpectrum's 4,096 columns take ~60 kB
+            head += f.readline(2 ** 22)
     line = head.decode("utf-8", errors="replace").split("\n", 1)[0].strip()
     if not line:
         raise DataError(f"{path} is empty")

@@ -8,6 +8,7 @@ import pytest
 from core.corpus import load_corpus
 from core.errors import ConfigError, DataError, TestLabelsLocked
 from core.muse_files import FEATURE_DIR, LABEL_DIR, PARTITION_FILE, feature_file, label_file, read_partition
+from core.synthetic import generate
 from core.windows import train_windows
 
 
@@ -365,3 +366,11 @@ def test_mapped_loads_equal_parsed_ones_and_gaps_are_filled_in_a_file_beside_the
     np.testing.assert_array_equal(np.delete(mapped, 1, axis=0), np.delete(rows, 1, axis=0))
     assert Path(second.features["egemaps"].filename).name.startswith("filled-")
     assert not second.features["egemaps"].flags.writeable
+
+
+def test_a_feature_set_as_wide_as_deepspectrum_loads(tmp_path):
+    # 4,096 columns make a ~60 kB header line: it must be read whole, not cut at the first block
+    root = tmp_path / "muse"
+    generate(root, videos=6, seed=0, feature_dims={"deepspectrum": 4096}, min_frames=20, max_frames=30)
+    corpus = load_corpus(root, ["deepspectrum"], cache_dir=tmp_path / "cache")
+    assert corpus.features["deepspectrum"].shape[1] == 4096
