@@ -79,6 +79,15 @@ def test_bad_study_files_name_the_field(tmp_path, tiny_root, change, message):
     assert str(error.value).startswith(str(path))
 
 
+def test_without_a_pruner_its_rungs_do_not_bind(tmp_path, tiny_root):
+    # the study file's ASHA grace period (2 passes) exceeds a one-pass budget, which only matters with ASHA
+    path = study_file(tmp_path, tiny_root, sqlite(tmp_path), pruner={"name": "asha", "grace_period": 2})
+    spec = load_study_file(path, {"max_epochs": 1, "pruner": "none"})
+    assert (spec.pruner, spec.max_epochs, spec.grace_period) == ("none", 1, 1.0)
+    with pytest.raises(ConfigError, match="pruner.grace_period"):
+        load_study_file(path, {"max_epochs": 1})
+
+
 def test_study_file_that_is_not_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("study: [unclosed\n")

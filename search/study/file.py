@@ -131,6 +131,8 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     pruner_name = o.get("pruner", pruner.get("name", "asha"))
     _need(pruner_name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", pruner_name)
     grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
+    if pruner_name == "none":  # the rungs are unused: a file's ASHA settings must not block `--pruner none`
+        grace = min(grace, max_epochs) if isinstance(grace, (int, float)) and grace > 0 else max_epochs
     _need(isinstance(grace, (int, float)) and 0 < grace <= max_epochs, "pruner.grace_period",
           f"passes over the training videos before a trial may be stopped, in (0, budget.max_epochs = {max_epochs}]",
           grace)
