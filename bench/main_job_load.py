@@ -1,10 +1,12 @@
 """The README's main job on an idle machine and beside one CPU-bound process, phase by phase.
 
-    python -m bench.main_job_load [--videos 80]
+    python -m bench.main_job_load [--videos 80] [--floor-only]
 
-Prints each run's phase times, the ratio of the two totals, the LSTM fusion's time in each, and one
+Prints each run's phase times, the ratio of the two totals, the LSTM fusion's time in each, one
 LSTM-fusion fit under the same load with torch's default threads (one per core: what every process
-used before) and with one thread (what the driver and each trial use now).
+used before) and with one thread (what the driver and each trial use now), and the floor: the same
+ratio for as many plain single-threaded CPU-bound processes as cores, which no job that keeps every
+core busy can beat on this machine's scheduler.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ HOG = [sys.executable, "-c", "while True: pass"]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.main_job_load", description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=80, help="synthetic videos (default: %(default)s)")
+    parser.add_argument("--floor-only", action="store_true", help="print only the scheduler's floor (default: all)")
     args = parser.parse_args(argv)
+    if args.floor_only:
+        return print_floor()
     runs = {}
     for label, loaded in (("idle", False), ("beside a CPU-bound process", True)):
         work = Path(tempfile.mkdtemp(prefix="muse-main-job-"))
@@ -50,6 +55,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"loaded / idle: {loaded / idle:.2f}")
     print("one LSTM-fusion fit beside a CPU-bound process: "
           + ", ".join(f"{n} thread(s) {fusion_fit(n):.1f} s" for n in (os.cpu_count(), 1)))
+    print_floor()
+
+
+def print_floor() -> None:
+    """The ratio no job can beat here: as many single-threaded CPU-bound processes as cores (the main
+    job's parallelism), alone and beside the CPU-bound process."""
+    work = [sys.executable, "-c", "sum(i * i for i in range(60_000_000))"]
+    seconds = []
+    for loaded in (False, True):
+        hog = subprocess.Popen(HOG) if loaded else None
+        try:
+            start = time.time()
+            for process in [subprocess.Popen(work) for _ in range(os.cpu_count())]:
+                process.wait()
+            seconds.append(time.time() - start)
+        finally:
+            if hog:
+                hog.kill()
+    print(f"floor: {os.cpu_count()} single-threaded CPU-bound processes, idle {seconds[0]:.1f} s, beside a "
+          f"CPU-bound process {seconds[1]:.1f} s: loaded / idle {seconds[1] / seconds[0]:.2f}")
 
 
 def fusion_fit(threads: int) -> float:

@@ -39,7 +39,7 @@ def fake_trial(config: dict, corpus_ref, splits) -> None:
     for epoch in range(1, EPOCHS + 1):
         best = max(best, rng.random())
         tune.report(TrialReport(epoch, 1, cfg.max_frames * epoch // EPOCHS, [best], {"valence": [best]}, best,
-                                "max_frames" if epoch == EPOCHS else None, "cpu", [], "", 1, started).to_result())
+                                "max_frames" if epoch == EPOCHS else None, "cpu", [], "", 1, 0, started).to_result())
 
 
 def commits_per_second(url: str, n: int = 2000) -> float:

@@ -39,7 +39,8 @@ def ray_cluster():
     """One local Ray for the whole session, with 2 CPUs and 1 logical GPU (none is needed to schedule on it)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR")
+    from search.cluster import ensure_ray
+
+    ensure_ray("local", lambda line: None, num_cpus=2, num_gpus=1)
     yield ray
     ray.shutdown()

@@ -259,6 +259,7 @@ def test_trials_carry_their_provenance(finished_study):
         assert trial_config(t).lr == t.params["lr"] and trial_config(t).epochs == 4
         assert attrs["device"] == "cpu" and 0 <= attrs["scheduling_s"] < attrs["wall_time_s"]
         assert attrs["threads"] == 1  # resources.cpu 1: one torch thread in the trial's process
+        assert attrs["niceness"] == 0  # not Ray's default 15, which starves trials beside any busy process
         assert attrs["started_at"].endswith("+00:00") and attrs["ended_at"] >= attrs["started_at"]  # ISO 8601
     study = finished_study["study"]
     assert study.user_attrs["identity"]["data_fingerprint"] == fingerprint

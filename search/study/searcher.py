@@ -176,7 +176,8 @@ class StudySearcher(Searcher):
         if seen:  # when the trial's process took it up: the rest of the wait is scheduling
             started = dt.datetime.fromisoformat(seen.started_at).timestamp()
             attrs |= {"started_at": seen.started_at, "scheduling_s": round(max(0.0, started - run.suggested_at), 3),
-                      "device": seen.device, "gpu_ids": seen.gpu_ids, "node": seen.node, "threads": seen.threads}
+                      "device": seen.device, "gpu_ids": seen.gpu_ids, "node": seen.node, "threads": seen.threads,
+                      "niceness": seen.niceness}
         if last:
             attrs |= {"folds_evaluated": len(last.fold_ccc), "fold_ccc": last.fold_ccc, "target_ccc": last.target_ccc}
         self._storage(lambda: [run.trial.set_user_attr(k, v) for k, v in attrs.items()])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import traceback
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ class TrialReport:
     gpu_ids: list[str]  # the GPUs Ray gave the trial (it sees them as cuda:0, ...)
     node: str  # the Ray node it ran on
     threads: int
+    niceness: int  # the trial process' CPU priority (0: a fair share beside other processes)
     started_at: str  # ISO 8601, when the trial's process took it up
     error: str | None = None
 
@@ -82,7 +84,7 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
             target_ccc={t: [round(s[t], 6) for s in scores] for t in cfg.emo_dim_set},
             objective=float(np.mean(fold_ccc)) if fold_ccc else float("nan"),
             stop_reason=epoch.stop_reason if epoch and epoch.final and last_fold else None,
-            device=device, gpu_ids=gpu_ids, node=node, threads=threads, started_at=started, error=error).to_result())
+            device=device, gpu_ids=gpu_ids, node=node, threads=threads, niceness=os.nice(0), started_at=started, error=error).to_result())
 
     fold = 1
     try:
