@@ -5,7 +5,7 @@
 Prints: trials per hour of the demo study on this machine, the overhead per trial (from the
 searcher's suggestion to the trial's process start, plus the searcher's storage writes), and the
 memory (PSS, shared pages split between processes) of the whole Ray session with 4 concurrent
-trials against 1, beside the corpus' own size: the data set is in Ray's object store once per node.
+trials against 1, beside the corpus' own size: trials map the same cache files, one copy per node.
 """
 from __future__ import annotations
 
