@@ -86,6 +86,9 @@ def test_without_a_pruner_its_rungs_do_not_bind(tmp_path, tiny_root):
     assert (spec.pruner, spec.max_epochs, spec.grace_period) == ("none", 1, 1.0)
     with pytest.raises(ConfigError, match="pruner.grace_period"):
         load_study_file(path, {"max_epochs": 1})
+    nonsense = study_file(tmp_path, tiny_root, sqlite(tmp_path), pruner={"name": "none", "grace_period": "soon"})
+    with pytest.raises(ConfigError, match="pruner.grace_period"):  # still checked when unused
+        load_study_file(nonsense)
 
 
 def test_study_file_that_is_not_yaml(tmp_path):

@@ -131,11 +131,12 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     pruner_name = o.get("pruner", pruner.get("name", "asha"))
     _need(pruner_name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", pruner_name)
     grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
-    if pruner_name == "none":  # the rungs are unused: a file's ASHA settings must not block `--pruner none`
-        grace = min(grace, max_epochs) if isinstance(grace, (int, float)) and grace > 0 else max_epochs
-    _need(isinstance(grace, (int, float)) and 0 < grace <= max_epochs, "pruner.grace_period",
+    # without ASHA the rungs are unused: a file's grace period must not block `--pruner none --max-epochs 1`
+    bound = max_epochs if pruner_name == "asha" else float("inf")
+    _need(isinstance(grace, (int, float)) and 0 < grace <= bound, "pruner.grace_period",
           f"passes over the training videos before a trial may be stopped, in (0, budget.max_epochs = {max_epochs}]",
           grace)
+    grace = min(grace, max_epochs)
     _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
     unit = pruner.get("unit", "frames")
     _need(unit in FIDELITY_UNITS, "pruner.unit", "frames (training frames: fair across batch sizes and hop lengths; "

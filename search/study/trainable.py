@@ -84,7 +84,8 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
             target_ccc={t: [round(s[t], 6) for s in scores] for t in cfg.emo_dim_set},
             objective=float(np.mean(fold_ccc)) if fold_ccc else float("nan"),
             stop_reason=epoch.stop_reason if epoch and epoch.final and last_fold else None,
-            device=device, gpu_ids=gpu_ids, node=node, threads=threads, niceness=os.nice(0), started_at=started, error=error).to_result())
+            device=device, gpu_ids=gpu_ids, node=node, threads=threads, niceness=os.nice(0), started_at=started,
+            error=error).to_result())
 
     fold = 1
     try:
