@@ -62,7 +62,9 @@ print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)""")
 
 
 def _python(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    if out.returncode:
+        raise SystemExit(f"bench.real_size: a measurement failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 

@@ -78,7 +78,7 @@ class EntryWriter:
         self._hash = hashlib.blake2b(digest_size=16)
 
     def append(self, block: np.ndarray) -> None:
-        data = np.ascontiguousarray(block, dtype=np.float32).tobytes()
+        data = memoryview(np.ascontiguousarray(block, dtype=np.float32)).cast("B")
         self._values.write(data)
         self._hash.update(data)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.cache import EntryWriter, default_cache_dir, derived, entry_dir, parse_in_order, read_entry
 from core.errors import ConfigError, DataError, TestLabelsLocked
-from core.muse_files import (FEATURE_DIR, LABEL_DIR, PARTITIONS, TARGETS, check_files, feature_file,
+from core.muse_files import (FEATURE_DIR, LABEL_DIR, PARTITIONS, TARGETS, FeatureFile, check_files, feature_file,
                              feature_sets_in, label_file, read_feature_file, read_label_file, read_partition)
 
 NONFINITE_MODES = ("mean", "error")
@@ -237,8 +237,9 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
         parsed.append(folder.name)
         writer = EntryWriter(folder)
         try:
-            columns, lengths, timestamps, segment_ids, gaps = None, [], [], [], {}
-            for video, path, f in zip(videos, files, parse_in_order(read_feature_file, files, f"'{name}'", log)):
+            columns, lengths, timestamps, segment_ids, gaps, sums = None, [], [], [], {}, []
+            for video, path, (f, video_sums) in zip(videos, files, parse_in_order(_read_with_sums, files,
+                                                                                  f"'{name}'", log)):
                 if columns is None:
                     columns = f.columns
                 elif f.columns != columns:
@@ -248,8 +249,9 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
                 lengths.append(len(f.timestamps))
                 timestamps.append(f.timestamps)
                 segment_ids.append(f.segment_ids)
-                if n_gaps := int(np.isnan(f.values).sum()):
-                    gaps[video] = n_gaps
+                sums.append(video_sums)
+                if f.nonfinite:
+                    gaps[video] = f.nonfinite
             manifest = {"name": name, "videos": videos, "columns": columns, "nonfinite": gaps,
                         "shape": [int(sum(lengths)), len(columns)]}
             writer.publish(manifest, {"lengths": np.asarray(lengths, np.int64),
@@ -258,7 +260,14 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
         except BaseException:
             writer.discard()
             raise
+        if not gaps:  # the sums load_corpus needs, made while each file was at hand instead of in one more pass
+            derived(folder, "sums-raw.npy", lambda out: np.save(out, np.concatenate(sums)))
     return folder, read_entry(folder, ("lengths", "timestamps", "segment_ids"))
+
+
+def _read_with_sums(path: Path) -> tuple[FeatureFile, np.ndarray]:
+    f = read_feature_file(path)
+    return f, _video_sums(f.values, np.array([0, len(f.values)]))
 
 
 def _label_entry(root: Path, target: str, part: str, videos: list[int], cache_dir: Path, parsed: list[str], log):
@@ -322,6 +331,7 @@ def _video_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     set of videos (a split's training videos) follow without another pass over the frames."""
     out = np.empty((len(offsets) - 1, 2, values.shape[1]))
     for v, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-        block = values[a:b].astype(np.float64)
-        out[v, 0], out[v, 1] = block.sum(axis=0), np.square(block).sum(axis=0)
+        block = values[a:b]  # summed in float64 without a float64 copy: a third of the time at 4,096 columns
+        out[v, 0] = block.sum(axis=0, dtype=np.float64)
+        out[v, 1] = np.einsum("ij,ij->j", block, block, dtype=np.float64)
     return out

@@ -25,10 +25,11 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
     generate(root, videos=16, seed=5, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
     out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
-                          "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--others", "2", "--storage",
-                          f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
+                          "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--others", "2", "--entry-in-folds",
+                          "--storage", f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for line in ("entry config, entry's protocol (devel)", "search (TPE): chosen config", "random search: chosen config",
+                 "entry config, service protocol",
                  "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values"):
         assert line in out.stdout, line
