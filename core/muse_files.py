@@ -102,18 +102,19 @@ def read_feature_file(path: Path) -> FeatureFile:
     columns = [c for c in header if c not in ("timestamp", "segment_id")]
     if not columns:
         raise DataError(f"{path}: no feature columns besides timestamp and segment_id")
+    if len(set(header)) != len(header):
+        twice = sorted({c for c in header if header.count(c) > 1})
+        raise DataError(f"{path}: column names appear twice in the header: {_some(twice)}")
     types = {c: pa.float32() for c in columns} | {"timestamp": pa.float64(), "segment_id": pa.float64()}
-    # One block for the whole file gives one chunk per column, so Arrow lays the rows out itself: a
+    # Arrow lays the rows out itself (to_tensor, from one block per file: one chunk per column); a
     # column-by-column copy into a row-major array cost ~120 s of CPU at MuSe's size, the parse ~150 s.
     table = _read_csv(path, types, block_size=path.stat().st_size + 1)
     _drop_from_page_cache(path)
     timestamps, segment_ids = _timestamps(path, table), _segment_ids(path, table)
-    batch = table.select(columns).combine_chunks().to_batches()[0]
-    values = batch.to_tensor(null_to_nan=True, row_major=True).to_numpy()
-    finite = np.isfinite(values)
-    nonfinite = values.size - int(np.count_nonzero(finite))
+    values = table.select(columns).to_tensor(null_to_nan=True, row_major=True).to_numpy()
+    nonfinite = values.size - int(np.count_nonzero(np.isfinite(values)))
     if nonfinite:
-        values = np.where(finite | np.isnan(values), values, np.float32(np.nan))
+        values[np.isinf(values)] = np.nan
     values.flags.writeable = False
     return FeatureFile(timestamps, segment_ids, values, columns, nonfinite)
 
@@ -175,12 +176,16 @@ def _read_csv(path: Path, types: dict[str, pa.DataType], include: list[str] | No
 def _drop_from_page_cache(path: Path) -> None:
     """A feature CSV is parsed once into the cache; its pages (MuSe's are ~15 GB) would only push the
     cache files out of memory, and reclaiming them under pressure doubled the kernel time of a load."""
-    if hasattr(os, "posix_fadvise"):
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:  # only a hint: a file system that refuses it costs memory, never the load
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+    except OSError:
+        pass
 
 
 def _timestamps(path: Path, table: pa.Table) -> np.ndarray:

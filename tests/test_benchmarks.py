@@ -1,4 +1,5 @@
 """The benchmark commands run end to end on tiny data (their figures are theirs to print, not asserted here)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,18 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
                  "entry config, service protocol",
                  "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values"):
         assert line in out.stdout, line
+
+
+def test_the_load_profile_accounts_for_every_phase_of_a_first_load(tmp_path):
+    root = tmp_path / "muse"
+    generate(root, videos=8, seed=3, feature_dims={"egemaps": 6, "deepspectrum": 64}, min_frames=100, max_frames=200)
+    out = subprocess.run([sys.executable, "-m", "bench.load_profile", "--root", str(root), "--sets", "egemaps",
+                          "deepspectrum"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = {line[:48].strip(): float(line[48:]) for line in out.stdout.splitlines()}
+    assert set(figures) == {"first load, wall s", "CSV parse (pyarrow), every file, CPU s",
+                            "reading a feature file, parse included, CPU s", "per-video sums, CPU s",
+                            "writing and hashing the cache, CPU s", "process user CPU s", "process kernel CPU s"}
+    assert figures["first load, wall s"] > 0 and min(figures.values()) >= 0
+    assert list(tmp_path.glob("muse-load-profile-*")) == []  # its cache is gone

@@ -374,3 +374,23 @@ def test_a_feature_set_as_wide_as_deepspectrum_loads(tmp_path):
     generate(root, videos=6, seed=0, feature_dims={"deepspectrum": 4096}, min_frames=20, max_frames=30)
     corpus = load_corpus(root, ["deepspectrum"], cache_dir=tmp_path / "cache")
     assert corpus.features["deepspectrum"].shape[1] == 4096
+
+
+def test_a_header_naming_a_column_twice_is_refused(root_copy):
+    path = feature_file(root_copy, "egemaps", read_partition(root_copy)["train"][0])
+    _rewrite(path, lambda lines: [lines[0].replace(lines[0].split(",")[3], lines[0].split(",")[2])] + lines[1:])
+    name = path.read_text().split(",")[2]
+    with pytest.raises(DataError, match=rf"{path}: column names appear twice in the header: {name}$"):
+        load_corpus(root_copy, ["egemaps"])
+
+
+def test_sums_made_while_parsing_equal_those_made_from_the_cache(tiny_root, tmp_path):
+    first = load_corpus(tiny_root, ["egemaps", "fasttext"], cache_dir=tmp_path)
+    made = sorted(tmp_path.glob("features-*/sums-raw.npy"))
+    assert len(made) == 2  # one per feature set, written by the parse
+    for path in made:
+        path.unlink()
+    second = load_corpus(tiny_root, ["egemaps", "fasttext"], cache_dir=tmp_path)
+    assert not second.parsed and len(list(tmp_path.glob("features-*/sums-raw.npy"))) == 2  # made again, from the cache
+    for name in ("egemaps", "fasttext"):
+        np.testing.assert_allclose(second.video_sums[name], first.video_sums[name], rtol=1e-12)
