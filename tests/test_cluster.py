@@ -40,6 +40,23 @@ def pg_study():
         pass
 
 
+def test_drivers_opening_a_new_postgresql_database_at_once_all_succeed():
+    # each creates Optuna's tables if they are missing; before the schema lock about half such opens failed
+    admin = POSTGRES.rsplit("/", 1)[0]
+    database = f"pytest_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    try:
+        opens = [subprocess.Popen([sys.executable, "-c", "import sys; from search.study.storage import open_storage; "
+                                   "open_storage(sys.argv[1])", f"{admin}/{database}"], cwd=REPO,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        errors = [o.communicate(timeout=120)[1] for o in opens]
+        assert [o.returncode for o in opens] == [0] * 4, errors
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE {database} WITH (FORCE)")
+
+
 def test_two_drivers_share_one_postgresql_study(tiny_root, tmp_path, pg_study):
     path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
                       sampler={"name": "tpe", "seed": 0}, budget={"trials": 8, "max_epochs": 2})

@@ -67,16 +67,22 @@ def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int,
 def fail_stale(study: optuna.Study, log: Callable[[str], None]) -> list[int]:
     """Fail other drivers' dead trials: those whose heartbeat stopped, and those left RUNNING without
     one (asked by a driver that died, or whose answer was lost, before its first beat)."""
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get("driver") != DRIVER}
     optuna.storages.fail_stale_trials(study)
     now = dt.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if "driver" not in t.user_attrs and (now - t.datetime_start).total_seconds() > STALE_AFTER_S:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     after = {t.number: t for t in study.get_trials(deepcopy=False)}
-    failed = sorted(n for n in running if not counts_against_budget(after[n]))
+    failed = sorted(n for n in running if after[n].state == TrialState.FAIL)
     if failed:
-        log(f"marked {len(failed)} stale RUNNING trial(s) of a dead driver as FAIL: {', '.join(map(str, failed))}")
+        # A driver killed between recording a trial's end and telling its state leaves it RUNNING with
+        # a stop reason: it ran to its end, so it still counts against the budget.
+        recorded = [str(n) for n in failed if counts_against_budget(after[n])]
+        log(f"marked {len(failed)} stale RUNNING trial(s) of a dead driver as FAIL: {', '.join(map(str, failed))}"
+            + (f" ({', '.join(recorded)} had recorded how it ended and still counts against the budget)"
+               if recorded else ""))
     return failed
 
 

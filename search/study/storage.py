@@ -10,7 +10,8 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ CONNECT_TIMEOUT_S = 5
 HEARTBEAT_S = int(os.environ.get("MUSE_HEARTBEAT_S", 10))  # tests shorten it
 STALE_AFTER_S = 6 * HEARTBEAT_S
 RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # then the error stands: the storage is really gone
+SCHEMA_LOCK_KEY = int.from_bytes(b"muse-opt", "big") >> 1  # a PostgreSQL advisory lock id of this service's own
 T = TypeVar("T")
 
 
@@ -74,10 +76,30 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "muse-search"}
     try:
         beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": STALE_AFTER_S} if heartbeat else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
+        with _one_schema_writer(url, parsed.get_backend_name(), engine_kwargs):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"storage {mask(url)} does not answer or cannot be used: {reason}") from None
+
+
+@contextmanager
+def _one_schema_writer(url: str, backend: str, engine_kwargs: dict) -> Iterator[None]:
+    """On PostgreSQL, one process at a time opens the storage: two drivers started together on a new
+    database both create Optuna's tables, and the slower one failed on a duplicate type name."""
+    if backend != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def _prepare_sqlite(database: str | None, url: str) -> None:
