@@ -41,14 +41,16 @@ def pg_study():
 
 
 def test_drivers_opening_a_new_postgresql_database_at_once_all_succeed():
-    # each creates Optuna's tables if they are missing; before the schema lock about half such opens failed
+    # each creates Optuna's tables and the results tables if they are missing; before the schema lock
+    # about half of the study opens and one in eight of the results opens failed
     admin = POSTGRES.rsplit("/", 1)[0]
     database = f"pytest_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {database}")
     try:
         opens = [subprocess.Popen([sys.executable, "-c", "import sys; from search.study.storage import open_storage; "
-                                   "open_storage(sys.argv[1])", f"{admin}/{database}"], cwd=REPO,
+                                   "from search.retrain.results import open_results; "
+                                   "open_storage(sys.argv[1]); open_results(sys.argv[1])", f"{admin}/{database}"], cwd=REPO,
                                   stderr=subprocess.PIPE, text=True) for _ in range(4)]
         errors = [o.communicate(timeout=120)[1] for o in opens]
         assert [o.returncode for o in opens] == [0] * 4, errors

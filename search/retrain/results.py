@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from search.study.storage import CONNECT_TIMEOUT_S, StorageError, mask
+from search.study.storage import CONNECT_TIMEOUT_S, StorageError, mask, schema_lock
 
 SCHEMA_VERSION = 2  # version 1's tables (retrain_runs, test_evaluations, ...) are left as they were
 
@@ -133,8 +133,9 @@ def open_results(url: str) -> sa.Engine:
     connect = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {"timeout": 30}
     engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect)
     try:
-        Base.metadata.create_all(engine)
-        _add_new_columns(engine)
+        with schema_lock(url):
+            Base.metadata.create_all(engine)
+            _add_new_columns(engine)
         with Session(engine) as session, session.begin():  # a real write, before hours of training
             session.merge(ResultsSchema(id=1, version=SCHEMA_VERSION, opened_at=dt.datetime.now(dt.timezone.utc)))
     except sa.exc.SQLAlchemyError as e:

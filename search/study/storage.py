@@ -76,7 +76,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "muse-search"}
     try:
         beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": STALE_AFTER_S} if heartbeat else {}
-        with _one_schema_writer(url, parsed.get_backend_name(), engine_kwargs):
+        with schema_lock(url):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
@@ -84,13 +84,14 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
 
 
 @contextmanager
-def _one_schema_writer(url: str, backend: str, engine_kwargs: dict) -> Iterator[None]:
-    """On PostgreSQL, one process at a time opens the storage: two drivers started together on a new
-    database both create Optuna's tables, and the slower one failed on a duplicate type name."""
-    if backend != "postgresql":
+def schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates or extends tables in the database: drivers or
+    retrain-best runs started together on a new database all created them, and the slower failed on
+    a duplicate type name. Other databases need no lock (SQLite serialises its writers itself)."""
+    if make_url(url).get_backend_name() != "postgresql":
         yield
         return
-    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
