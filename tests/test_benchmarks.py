@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from core.synthetic import generate
@@ -34,6 +35,29 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
                  "entry config, service protocol",
                  "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values"):
         assert line in out.stdout, line
+
+
+def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(tmp_path):
+    root = tmp_path / "given"
+    generate(root, videos=16, seed=6, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
+             max_frames=350)
+    storage = f"sqlite:///{tmp_path / 'acc.db'}"
+    out = subprocess.run([sys.executable, "-m", "bench.sampler_seeds", "--data", str(root), "--target", "arousal",
+                          "--seeds", "0", "1", "--trials", "3", "--max-epochs", "2", "--storage", storage],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "mean over 2 seeds: TPE" in out.stdout
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == {"acc_given_arousal_tpe", "acc_given_arousal_random_frames",
+                            "acc_given_arousal_seed1_tpe", "acc_given_arousal_seed1_random_frames"}
+    for prefix in ("acc_given_arousal", "acc_given_arousal_seed1"):
+        frames = {arm: sum(max(t.intermediate_values.values(), default=0) for t in
+                           optuna.load_study(study_name=f"{prefix}_{arm}", storage=storage).trials)
+                  for arm in ("tpe", "random_frames")}
+        assert frames["random_frames"] >= frames["tpe"] > 0  # random ran until it had trained as much
+    first = [optuna.load_study(study_name=f"{p}_tpe", storage=storage).trials[1].params  # [0] is the entry's
+             for p in ("acc_given_arousal", "acc_given_arousal_seed1")]
+    assert first[0] != first[1]
 
 
 def test_the_load_profile_accounts_for_every_phase_of_a_first_load(tmp_path):

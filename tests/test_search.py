@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from core.errors import ConfigError, DataError
 from core.muse_files import label_file, read_partition
-from search.study.driver import run_study
+from search.study.driver import open_study, run_study
 from search.study.file import StudySpec, load_study_file
 from search.study.searcher import counts_against_budget, trial_config
 from search.study.space import parse_space, sample
@@ -50,6 +50,8 @@ def lines_of(log: list) -> str:
     ({"budget": {"trials": 0}}, "budget.trials: must be at least 1 (got 0)"),
     ({"budget": {"max_epochs": -2}}, "budget.max_epochs: must be at least 1"),
     ({"sampler": {"name": "grid"}}, "sampler.name: one of tpe, random, cmaes, gp (got 'grid')"),
+    ({"sampler": {"n_startup_trials": 0}}, "sampler.n_startup_trials: an integer of at least 1"),
+    ({"sampler": {"startup": 3}}, "sampler: knows name, seed and n_startup_trials (got ['startup'])"),
     ({"pruner": {"name": "median"}}, "pruner.name: one of asha, none (got 'median')"),
     ({"pruner": {"unit": "epochs"}}, "pruner.unit: frames (training frames: fair across batch sizes"),
     ({"pruner": {"grace_period": 9}}, "pruner.grace_period: passes over the training videos"),
@@ -114,6 +116,22 @@ def test_the_stored_record_gives_back_the_study_as_run(tmp_path, tiny_root):
     assert back.to_record() == record
     assert (back.data_root, back.cpu, back.trials, back.folds, back.fold_seed) == ("/elsewhere", 0.5, 9, 3, 4)
     assert back.space.feature_sets() == ["egemaps", "fasttext"] and back.start_from == spec.start_from
+
+
+def test_the_sampler_proposes_from_its_model_after_the_start_up_trials(tmp_path, tiny_root):
+    path = study_file(tmp_path, tiny_root, sqlite(tmp_path), sampler={"name": "tpe", "seed": 7, "n_startup_trials": 3})
+    spec = load_study_file(path)
+    assert StudySpec.from_record(spec.to_record(), spec.storage).startup_trials == 3
+    study = open_study(optuna.storages.RDBStorage(spec.storage), spec, "data", force=False, log=lambda line: None)
+    at_random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))  # a first driver keeps the seed
+    same = []
+    for i in range(5):
+        trials = study.ask(), at_random.ask()
+        configs = [sample(t, spec.space) for t in trials]
+        same.append(configs[0] == configs[1])
+        for t in trials:
+            t.study.tell(t, float(i))
+    assert same == [True, True, True, False, False]
 
 
 def test_space_samples_only_configs_that_work():

@@ -33,18 +33,19 @@ from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage
 from search.study.trainable import METRIC, TIME_ATTR, objective
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate + group model the conditional space jointly; constant_liar keeps parallel
         # trials from all being proposed at the same promising point.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":  # CMA-ES samples numbers; categorical choices fall back to TPE
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials,
                                             independent_sampler=optuna.samplers.TPESampler(seed=seed))
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials)
     raise ConfigError(f"sampler: unknown {name!r}")
 
 
@@ -159,7 +160,7 @@ def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_finge
             study.enqueue_trial(params)
     # A resumed (or second) driver must not replay the sampler's sequence from the start.
     seed = spec.seed + len(trials) + (secrets.randbelow(10 ** 6) if register(study, DRIVER) else 0)
-    study.sampler = make_sampler(spec.sampler, seed)
+    study.sampler = make_sampler(spec.sampler, seed, spec.startup_trials)
     done = [t for t in trials if counts_against_budget(t)]
     if done:
         log(f"resuming study {spec.name!r}: {len(done)} of {spec.trials} trials already count, sampler seed {seed}")

@@ -45,6 +45,7 @@ class StudySpec:
     nonfinite: str = "mean"
     sampler: str = "tpe"
     seed: int = 0
+    startup_trials: int = 10  # trials (enqueued ones included) the model-based samplers draw at random first
     pruner: str = "asha"
     grace_period: float = 3.0  # passes every trial trains before ASHA may stop it
     reduction_factor: int = 3
@@ -128,6 +129,12 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     _need(sampler_name in SAMPLERS, "sampler.name", f"one of {', '.join(SAMPLERS)}", sampler_name)
     seed = o.get("seed", sampler.get("seed", 0))
     _need(isinstance(seed, int), "sampler.seed", "an integer", seed)
+    startup = sampler.get("n_startup_trials", StudySpec.startup_trials)
+    _need(isinstance(startup, int) and not isinstance(startup, bool) and startup >= 1, "sampler.n_startup_trials",
+          "an integer of at least 1 (trials drawn at random before the model proposes; random search ignores it)",
+          startup)
+    unknown = sorted(set(sampler) - {"name", "seed", "n_startup_trials"})
+    _need(not unknown, "sampler", "knows name, seed and n_startup_trials", unknown)
     pruner_name = o.get("pruner", pruner.get("name", "asha"))
     _need(pruner_name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", pruner_name)
     grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
@@ -165,6 +172,7 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
                      fold_seed=fold_seed, start_from=[_start_config(c, space, f"start_from[{i}]")
                                                       for i, c in enumerate(start_from)],
                      wall_time_s=wall, nonfinite=data.get("nonfinite", "mean"), sampler=sampler_name, seed=seed,
+                     startup_trials=startup,
                      pruner=pruner_name, grace_period=float(grace), reduction_factor=factor, cpu=float(cpu),
                      gpu=float(gpu), max_concurrent=concurrent, source=source)
 
