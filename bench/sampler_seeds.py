@@ -52,17 +52,18 @@ def benchmark(args: argparse.Namespace) -> None:
               "max_epochs": args.max_epochs}
     rows = []
     for seed in args.seeds:
-        # seed 0 is the accuracy benchmark's own pair of studies: shared, not run twice
+        # seed 0 (the shipped file's) names the accuracy benchmark's own pair of studies: shared, not run twice
         prefix = f"acc_{name}_{args.target}" + (f"_seed{seed}" if seed else "")
         tpe = load_study_file(args.study_file, common | {"study": f"{prefix}_tpe", "seed": seed})
         run_study(tpe, log=_prefixed(tpe.name))
+        tpe_frames = train_frames(args.storage, tpe.name)
         rnd = load_study_file(args.study_file, common | {
             "study": f"{prefix}_random_frames", "sampler": "random", "trials": 1000, "seed": seed,
-            "train_frames": train_frames(args.storage, tpe.name)})
+            "train_frames": tpe_frames})
         run_study(rnd, log=_prefixed(rnd.name))
         best = [optuna.load_study(study_name=s.name, storage=args.storage).best_value for s in (tpe, rnd)]
         rows.append((seed, *best, trial_count(args.storage, tpe.name), trial_count(args.storage, rnd.name),
-                     train_frames(args.storage, tpe.name), train_frames(args.storage, rnd.name)))
+                     tpe_frames, train_frames(args.storage, rnd.name)))
 
     print(f"\n{name} / {args.target}: best value (mean CCC over folds of train+devel), TPE vs random at equal frames")
     print(f"  {'seed':>4s} {'TPE':>7s} {'random':>7s} {'TPE-random':>10s} {'trials':>9s} {'frames (M)':>13s}")
