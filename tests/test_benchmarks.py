@@ -6,8 +6,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from core.synthetic import generate
+from search.retrain.results import Evaluation, looks, open_results
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -43,21 +46,34 @@ def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(t
              max_frames=350)
     storage = f"sqlite:///{tmp_path / 'acc.db'}"
     out = subprocess.run([sys.executable, "-m", "bench.sampler_seeds", "--data", str(root), "--target", "arousal",
-                          "--seeds", "0", "1", "--trials", "3", "--max-epochs", "2", "--storage", storage],
+                          "--seeds", "0", "1", "--trials", "3", "--max-epochs", "2", "--storage", storage,
+                          "--retrain", "1", "--out", str(tmp_path / "retrain")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "mean over 2 seeds: TPE" in out.stdout
-    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    assert set(studies) == {"acc_given_arousal_tpe", "acc_given_arousal_random_frames",
-                            "acc_given_arousal_seed1_tpe", "acc_given_arousal_seed1_random_frames"}
-    for prefix in ("acc_given_arousal", "acc_given_arousal_seed1"):
+    assert "best value, mean over 2 seeds: TPE" in out.stdout
+    prefixes = ("acc_given_arousal_seed0", "acc_given_arousal_seed1")
+    studies = {f"{p}_{arm}" for p in prefixes for arm in ("tpe", "random_frames")}
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == studies
+    for prefix in prefixes:
         frames = {arm: sum(max(t.intermediate_values.values(), default=0) for t in
                            optuna.load_study(study_name=f"{prefix}_{arm}", storage=storage).trials)
                   for arm in ("tpe", "random_frames")}
         assert frames["random_frames"] >= frames["tpe"] > 0  # random ran until it had trained as much
     first = [optuna.load_study(study_name=f"{p}_tpe", storage=storage).trials[1].params  # [0] is the entry's
-             for p in ("acc_given_arousal", "acc_given_arousal_seed1")]
+             for p in prefixes]
     assert first[0] != first[1]
+    # --retrain: each study's top config retrained and test looked at once per study, under the same protocol
+    engine = open_results(storage)
+    with Session(engine) as session:
+        evaluations = session.scalars(sa.select(Evaluation)).all()
+        assert sorted(e.study for e in evaluations) == sorted(studies)
+        assert {e.settings["top_k"] for e in evaluations} == {1}
+        assert {e.study: looks(engine, e.study) for e in evaluations} == dict.fromkeys(studies, 1)
+    printed = [line.split() for line in out.stdout.split("test CCC of each study's top config")[1].splitlines()[2:4]]
+    for (seed, tpe, _, _, rnd, _, _, diff), study in zip(printed, prefixes):
+        tests = {e.study: e.test_ccc["arousal"]["mean"] for e in evaluations}
+        assert float(tpe) == round(tests[f"{study}_tpe"], 4) and float(rnd) == round(tests[f"{study}_random_frames"], 4)
+        assert abs(float(diff) - (float(tpe) - float(rnd))) <= 2e-4
 
 
 def test_the_load_profile_accounts_for_every_phase_of_a_first_load(tmp_path):
