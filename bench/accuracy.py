@@ -68,6 +68,7 @@ def benchmark(args: argparse.Namespace) -> None:
     for name, root in roots.items():
         if not args.data and written_with(root) != settings_of(**DATASETS[name]):
             generate(root, **DATASETS[name])
+        require_test_labels(root, args.targets, "the accuracy benchmark")
         for target in args.targets:
             start = time.time()
             results.append(one(args, name, root, target) | {"minutes": (time.time() - start) / 60})
@@ -136,6 +137,20 @@ def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str
     record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
     labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]
     return {"devel": [r.objective for r in runs], "test": [ccc(r.test[:, 0], labels) for r in runs]}
+
+
+def require_test_labels(root: str, targets: list[str], what: str) -> None:
+    """Fail before any training where the data set withholds test labels (as the real challenge does)."""
+    from core.errors import ConfigError, DataError
+    from core.muse_files import LABEL_DIR, check_files, read_partition
+
+    split = read_partition(root)
+    videos = [v for ids in split.values() for v in ids]
+    try:
+        for target in targets:
+            check_files(Path(root) / LABEL_DIR / target, split["test"], f"'{target}' label", videos)
+    except DataError as e:
+        raise ConfigError(f"{what} scores on test, which needs test labels: {e}") from None
 
 
 def train_frames(storage: str, study: str) -> int:

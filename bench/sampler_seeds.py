@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.accuracy import DATASETS, STUDY_FILE, _prefixed, train_frames, trial_count
+from bench.accuracy import DATASETS, STUDY_FILE, _prefixed, require_test_labels, train_frames, trial_count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,8 @@ def benchmark(args: argparse.Namespace) -> None:
     name = Path(root).name
     if not args.data and written_with(root) != settings_of(**DATASETS[args.set]):
         generate(root, **DATASETS[args.set])
+    if args.retrain:
+        require_test_labels(root, [args.target], "--retrain")
     common = {"storage": args.storage, "data": root, "target": args.target, "trials": args.trials,
               "max_epochs": args.max_epochs}
     rows = []

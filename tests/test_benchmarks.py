@@ -40,6 +40,23 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
         assert line in out.stdout, line
 
 
+def test_benchmarks_that_score_on_test_refuse_a_data_set_without_test_labels_before_training(tmp_path):
+    root = tmp_path / "withheld"
+    split = generate(root, videos=8, seed=4, feature_dims={"egemaps": 4}, min_frames=100, max_frames=150,
+                     test_labels=False)
+    storage = f"sqlite:///{tmp_path / 'acc.db'}"
+    for command, what in ((["bench.accuracy", "--targets", "arousal"], "the accuracy benchmark"),
+                          (["bench.sampler_seeds", "--target", "arousal", "--retrain", "1"], "--retrain")):
+        out = subprocess.run([sys.executable, "-m", *command, "--data", str(root), "--storage", storage], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, out.stderr[-3000:]
+        withheld = ", ".join(map(str, sorted(split["test"])))
+        assert out.stderr.strip().splitlines() == [
+            f"error: {what} scores on test, which needs test labels: {root}/c1_muse_wild/label_segments/arousal: "
+            f"no 'arousal' label file for video ids listed in the partition file: {withheld}"]
+        assert optuna.get_all_study_summaries(storage) == []  # refused before any study started
+
+
 def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(tmp_path):
     root = tmp_path / "given"
     generate(root, videos=16, seed=6, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
