@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.accuracy import DATASETS, STUDY_FILE, _prefixed, require_test_labels, train_frames, trial_count
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="valence", help="target (default: %(default)s)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sampler seeds (default: 0 1 2)")
     parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
-    parser.add_argument("--storage", default="sqlite:///runs/accuracy.db", help="study storage (default: %(default)s)")
+    parser.add_argument("--storage", default="sqlite:///runs/sampler_seeds.db",
+                        help="study storage (default: %(default)s)")
     parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
     parser.add_argument("--trials", type=int, help="TPE study budget (default: the study file's)")
     parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
@@ -38,16 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/sampler_seeds"),
                         help="retrained predictions (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.retrain < 0:
+        parser.error(f"--retrain: seeds to retrain with, at least 1 (0: off); got {args.retrain}")
     from core.errors import run_command
     return run_command(lambda: benchmark(args))
 
 
-def benchmark(args: argparse.Namespace) -> None:
-    import optuna
+@dataclass
+class Search:
+    """One finished study: its best value, its compute and, with --retrain, its top config retrained."""
+    best: float
+    trials: int
+    frames: int
+    cv: float | None = None  # retrained: mean over folds and seeds
+    test: dict | None = None  # retrained: test CCC over seeds (mean, std, per_seed)
 
+
+def benchmark(args: argparse.Namespace) -> None:
     from core.synthetic import generate, settings_of, written_with
     from core.threads import use_threads
-    from search.retrain.pipeline import Request, retrain_best
     from search.study.driver import run_study
     from search.study.file import load_study_file
 
@@ -60,45 +71,66 @@ def benchmark(args: argparse.Namespace) -> None:
         require_test_labels(root, [args.target], "--retrain")
     common = {"storage": args.storage, "data": root, "target": args.target, "trials": args.trials,
               "max_epochs": args.max_epochs}
-    rows = []
+    rows: list[tuple[int, Search, Search]] = []
     for seed in args.seeds:
         # not the accuracy benchmark's studies: a retrain here would be the test look recorded for them
         prefix = f"acc_{name}_{args.target}_seed{seed}"
         tpe = load_study_file(args.study_file, common | {"study": f"{prefix}_tpe", "seed": seed})
         run_study(tpe, log=_prefixed(tpe.name))
-        tpe_frames = train_frames(args.storage, tpe.name)
         rnd = load_study_file(args.study_file, common | {
             "study": f"{prefix}_random_frames", "sampler": "random", "trials": 1000, "seed": seed,
-            "train_frames": tpe_frames})
+            "train_frames": train_frames(args.storage, tpe.name)})
         run_study(rnd, log=_prefixed(rnd.name))
-        best = [optuna.load_study(study_name=s.name, storage=args.storage).best_value for s in (tpe, rnd)]
-        tests = [retrain_best(Request(s.name, args.storage, top_k=1, seeds=args.retrain, out_dir=args.out),
-                              log=_prefixed(s.name))["test_ccc"][args.target] if args.retrain else None
-                 for s in (tpe, rnd)]
-        rows.append((seed, *best, trial_count(args.storage, tpe.name), trial_count(args.storage, rnd.name),
-                     tpe_frames, train_frames(args.storage, rnd.name), *tests))
+        rows.append((seed, *(searched(args, spec.name) for spec in (tpe, rnd))))
 
     print(f"\n{name} / {args.target}: best value (mean CCC over folds of train+devel), TPE vs random at equal frames")
     print(f"  {'seed':>4s} {'TPE':>7s} {'random':>7s} {'TPE-random':>10s} {'trials':>9s} {'frames (M)':>13s}")
-    for seed, tpe_best, rnd_best, n_tpe, n_rnd, f_tpe, f_rnd, *_ in rows:
-        print(f"  {seed:4d} {tpe_best:7.4f} {rnd_best:7.4f} {tpe_best - rnd_best:+10.4f} {n_tpe:4d}/{n_rnd:<4d} "
-              f"{f_tpe / 1e6:6.1f}/{f_rnd / 1e6:<6.1f}")
-    _mean_over_seeds("best value", [r[1] for r in rows], [r[2] for r in rows])
+    for seed, tpe, rnd in rows:
+        print(f"  {seed:4d} {tpe.best:7.4f} {rnd.best:7.4f} {tpe.best - rnd.best:+10.4f} "
+              f"{tpe.trials:4d}/{rnd.trials:<4d} {tpe.frames / 1e6:6.1f}/{rnd.frames / 1e6:<6.1f}")
+    _mean_over_seeds("best value", [tpe.best for _, tpe, _ in rows], [rnd.best for _, _, rnd in rows])
     if args.retrain:
-        print(f"\n{name} / {args.target}: test CCC of each study's top config retrained with {args.retrain} seed(s)")
-        print(f"  {'seed':>4s} {'TPE':>17s} {'random':>17s} {'TPE-random':>10s}")
-        for seed, *_, tpe_test, rnd_test in rows:
-            print(f"  {seed:4d} {tpe_test['mean']:8.4f} ± {tpe_test['std']:.4f} {rnd_test['mean']:8.4f} ± "
-                  f"{rnd_test['std']:.4f} {tpe_test['mean'] - rnd_test['mean']:+10.4f}")
-        _mean_over_seeds("test CCC", [r[-2]["mean"] for r in rows], [r[-1]["mean"] for r in rows])
+        print(f"\n{name} / {args.target}: each study's top config retrained (CV: mean over folds and seeds), "
+              "test CCC mean ± std over its seeds (n)")
+        print(f"  {'seed':>4s} {'TPE CV -> test':>28s} {'random CV -> test':>28s} {'TPE-random':>10s}")
+        for seed, tpe, rnd in rows:
+            print(f"  {seed:4d} {_retrained(tpe, args.target):>28s} {_retrained(rnd, args.target):>28s} "
+                  f"{tpe.test[args.target]['mean'] - rnd.test[args.target]['mean']:+10.4f}")
+        _mean_over_seeds("test CCC", *([r[k].test[args.target]["mean"] for r in rows] for k in (1, 2)))
+
+
+def searched(args: argparse.Namespace, study: str) -> Search:
+    import optuna
+    from optuna.trial import TrialState
+
+    from core.errors import ConfigError
+    from search.retrain.pipeline import Request, retrain_best
+
+    loaded = optuna.load_study(study_name=study, storage=args.storage)
+    if not loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ConfigError(f"study {study!r} completed no trial, so there is no best config to compare")
+    out = Search(loaded.best_value, trial_count(args.storage, study), train_frames(args.storage, study))
+    if args.retrain:
+        retrained = retrain_best(Request(study, args.storage, top_k=1, seeds=args.retrain, out_dir=args.out),
+                                 log=_prefixed(study))
+        out.cv, out.test = float(retrained["ranking"].iloc[0]["mean"]), retrained["test_ccc"]
+    return out
+
+
+def _retrained(search: Search, target: str) -> str:
+    test = search.test[target]
+    return f"{search.cv:.4f} -> {test['mean']:.4f} ± {test['std']:.4f} ({len(test['per_seed'])})"
 
 
 def _mean_over_seeds(what: str, tpe: list[float], rnd: list[float]) -> None:
+    """Means and sample standard deviations over sampler seeds: with a few seeds, np.std's default understates."""
     import numpy as np
     tpe_v, rnd_v = np.array(tpe), np.array(rnd)
-    print(f"  {what}, mean over {len(tpe)} seeds: TPE {tpe_v.mean():.4f} ± {tpe_v.std():.4f}, random "
-          f"{rnd_v.mean():.4f} ± {rnd_v.std():.4f}, TPE - random {np.mean(tpe_v - rnd_v):+.4f} ± "
-          f"{np.std(tpe_v - rnd_v):.4f}")
+    ddof = 1 if len(tpe) > 1 else 0
+    print(f"  {what}, mean ± sample std over {len(tpe)} sampler seeds: TPE {tpe_v.mean():.4f} ± "
+          f"{tpe_v.std(ddof=ddof):.4f}, random {rnd_v.mean():.4f} ± {rnd_v.std(ddof=ddof):.4f}, "
+          f"TPE - random {np.mean(tpe_v - rnd_v):+.4f} ± "
+          f"{np.std(tpe_v - rnd_v, ddof=ddof):.4f}")
 
 
 if __name__ == "__main__":
