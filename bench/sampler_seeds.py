@@ -96,7 +96,8 @@ def benchmark(args: argparse.Namespace) -> None:
         for seed, tpe, rnd in rows:
             print(f"  {seed:4d} {_retrained(tpe, args.target):>28s} {_retrained(rnd, args.target):>28s} "
                   f"{tpe.test[args.target]['mean'] - rnd.test[args.target]['mean']:+10.4f}")
-        _mean_over_seeds("test CCC", *([r[k].test[args.target]["mean"] for r in rows] for k in (1, 2)))
+        _mean_over_seeds("test CCC", [tpe.test[args.target]["mean"] for _, tpe, _ in rows],
+                         [rnd.test[args.target]["mean"] for _, _, rnd in rows])
 
 
 def searched(args: argparse.Namespace, study: str) -> Search:

@@ -1,4 +1,5 @@
 """The benchmark commands run end to end on tiny data (their figures are theirs to print, not asserted here)."""
+import argparse
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bench.sampler_seeds import searched
+from core.errors import ConfigError
 from core.synthetic import generate
 from search.retrain.results import Evaluation, looks, open_results
 
@@ -55,6 +58,21 @@ def test_benchmarks_that_score_on_test_refuse_a_data_set_without_test_labels_bef
             f"error: {what} scores on test, which needs test labels: {root}/c1_muse_wild/label_segments/arousal: "
             f"no 'arousal' label file for video ids listed in the partition file: {withheld}"]
         assert optuna.get_all_study_summaries(storage) == []  # refused before any study started
+
+
+def test_the_sampler_benchmark_refuses_a_negative_retrain_and_a_study_without_a_completed_trial(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.sampler_seeds", "--retrain", "-1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("error: --retrain: seeds to retrain with, at least 1 "
+                                                         "(0: off); got -1")
+    storage = f"sqlite:///{tmp_path / 'acc.db'}"
+    study = optuna.create_study(study_name="failed_only", storage=storage)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(ConfigError, match="^study 'failed_only' completed no trial, so there is no best config"):
+        searched(argparse.Namespace(storage=storage, retrain=0), "failed_only")
+    assert [t.state for t in optuna.load_study(study_name="failed_only", storage=storage).trials] == [
+        optuna.trial.TrialState.FAIL]  # nothing written to the study
 
 
 def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(tmp_path):
