@@ -15,9 +15,8 @@ from optuna.trial import TrialState
 
 from core.errors import ConfigError, DataError
 from core.muse_files import label_file, read_partition
-from search.study.driver import asha_rungs, open_study, run_study
+from search.study.driver import open_study, run_study
 from search.study.file import StudySpec, load_study_file
-from search.study.sampler import make_sampler, ranked_at_rung
 from search.study.searcher import counts_against_budget, trial_config
 from search.study.space import parse_space, sample
 from helpers import POSTGRES, free_port, get_json, study_file
@@ -133,47 +132,6 @@ def test_the_sampler_proposes_from_its_model_after_the_start_up_trials(tmp_path,
         for t in trials:
             t.study.tell(t, float(i))
     assert same == [True, True, True, False, False]
-
-
-def trials_raced_by_asha(study: optuna.Study) -> None:
-    """The race that misleads Optuna's own TPE: the first trial (x=0) completed as ASHA's first and
-    only entrant at every rung, at 0.2; nine were pruned at the first rung (100 frames), and two of
-    them (x=7) beat it there."""
-    dist = {"x": optuna.distributions.CategoricalDistribution(list(range(10)))}
-    study.add_trial(optuna.trial.create_trial(params={"x": 0}, distributions=dist, value=0.2,
-                                              intermediate_values={100: 0.3, 300: 0.25, 900: 0.2}))
-    for i, x in enumerate([1, 7, 2, 3, 7, 4, 5, 6, 8]):
-        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=dist, state=TrialState.PRUNED,
-                                                  intermediate_values={50: 0.0, 100: 0.6 if x == 7 else 0.1 + i / 100}))
-
-
-def test_tpe_ranks_the_trials_as_asha_compared_them_not_completed_first():
-    study = optuna.create_study(direction="maximize")
-    trials_raced_by_asha(study)
-    view = ranked_at_rung(study.get_trials(), rungs=[100, 300, 900], reduction_factor=3)
-    # 10 finished trials: a good set of 1, which needs 3 trials at a rung: only the first has them
-    assert [t.state for t in view] == [TrialState.COMPLETE] * 10
-    assert [t.value for t in view][:3] == [0.3, 0.1, 0.6] and study.trials[1].state == TrialState.PRUNED
-    assert ranked_at_rung(study.get_trials(), rungs=[], reduction_factor=3) == study.get_trials()
-
-    def proposals(sampler: optuna.samplers.BaseSampler) -> list[int]:
-        proposing = optuna.create_study(direction="maximize", sampler=sampler)
-        trials_raced_by_asha(proposing)
-        return [proposing.ask({"x": optuna.distributions.CategoricalDistribution(list(range(10)))}).params["x"]
-                for _ in range(3)]  # a few: constant_liar then counts them as bad and spreads the rest
-
-    ours = proposals(make_sampler("tpe", seed=3, startup_trials=5, rungs=[100, 300, 900], reduction_factor=3))
-    optunas = proposals(optuna.samplers.TPESampler(seed=3, multivariate=True, group=True, constant_liar=True,
-                                                   n_startup_trials=5))
-    assert ours.count(7) >= 2 and 0 not in ours and optunas.count(0) >= 2, (ours, optunas)
-
-
-def test_the_rungs_tpe_ranks_by_are_the_schedulers():
-    from ray.tune.schedulers import ASHAScheduler
-    for grace, factor, max_t in [(124_015, 3, 1_860_225), (100, 3, 900), (100, 2, 100), (7, 4, 1000)]:
-        ray_rungs = {m for m, _ in ASHAScheduler(max_t=max_t, grace_period=grace,
-                                                  reduction_factor=factor)._brackets[0]._rungs}
-        assert asha_rungs(grace, factor, max_t) == sorted(ray_rungs | {max_t}), (grace, factor, max_t)
 
 
 def test_space_samples_only_configs_that_work():

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,26 @@ from core.corpus import Corpus, load_corpus
 from core.errors import ConfigError
 from core.splits import Split, make_splits
 from search.study.file import StudySpec
-from search.study.sampler import make_sampler
 from search.study.searcher import (DRIVER, RecordingASHA, StudySearcher, budget_spent, counts_against_budget,
                                    trial_config)
 from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage
 from search.study.trainable import METRIC, TIME_ATTR, objective
+
+
+def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # multivariate + group model the conditional space jointly; constant_liar keeps parallel
+        # trials from all being proposed at the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=startup_trials)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":  # CMA-ES samples numbers; categorical choices fall back to TPE
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials,
+                                            independent_sampler=optuna.samplers.TPESampler(seed=seed))
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials)
+    raise ConfigError(f"sampler: unknown {name!r}")
 
 
 def metric_name(spec: StudySpec) -> str:
@@ -48,12 +63,6 @@ def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int,
     rungs_per_fold = max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(factor) + 1e-9))
     grace = max(1, round(per_pass * spec.max_epochs / factor ** rungs_per_fold))
     return grace * factor ** rungs_per_fold, grace
-
-
-def asha_rungs(grace: int, factor: int, max_t: int) -> list[int]:
-    """ASHA's milestones below max_t (grace * factor**k), then max_t itself: full fidelity."""
-    return [grace * factor ** k for k in range(int(math.log(max_t / grace, factor) + 1e-9) + 1)
-            if grace * factor ** k < max_t] + [max_t]
 
 
 def fail_stale(study: optuna.Study, log: Callable[[str], None]) -> list[int]:
@@ -121,10 +130,9 @@ def _incompatible(old: dict, new: dict) -> list[str]:
 
 
 def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_fingerprint: str, force: bool,
-               log: Callable[[str], None] = print, rungs: Sequence[int] = ()) -> optuna.Study:
+               log: Callable[[str], None] = print) -> optuna.Study:
     """Create the study or resume it (refusing one made with another space, target, objective or data
-    unless forced), store its effective definition, enqueue its start configs, reseed its sampler
-    (rungs: the scheduler's milestones, which TPE ranks the trials by)."""
+    unless forced), store its effective definition, enqueue its start configs, reseed its sampler."""
     study = optuna.create_study(storage=storage, study_name=spec.name, direction="maximize", load_if_exists=True)
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {spec.name!r} exists and minimizes; this service maximizes devel CCC")
@@ -152,7 +160,7 @@ def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_finge
             study.enqueue_trial(params)
     # A resumed (or second) driver must not replay the sampler's sequence from the start.
     seed = spec.seed + len(trials) + (secrets.randbelow(10 ** 6) if register(study, DRIVER) else 0)
-    study.sampler = make_sampler(spec.sampler, seed, spec.startup_trials, rungs, spec.reduction_factor)
+    study.sampler = make_sampler(spec.sampler, seed, spec.startup_trials)
     done = [t for t in trials if counts_against_budget(t)]
     if done:
         log(f"resuming study {spec.name!r}: {len(done)} of {spec.trials} trials already count, sampler seed {seed}")
@@ -178,11 +186,8 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         splits = make_splits(corpus, spec.folds, spec.fold_seed)
     except ConfigError as e:
         raise ConfigError(f"{spec.source}: objective.{e}") from None
-    frames_per_fold, grace = fidelity(spec, corpus, splits)
-    max_t = frames_per_fold * len(splits)
-    rungs = asha_rungs(grace, spec.reduction_factor, max_t) if spec.pruner == "asha" else []
     storage = open_storage(spec.storage, heartbeat=True)
-    study = open_study(storage, spec, corpus.fingerprint, force, log, rungs)
+    study = open_study(storage, spec, corpus.fingerprint, force, log)
     started = time.time()
     trials = study.get_trials(deepcopy=False)
     if budget_spent(trials, spec) and not any(t.state == TrialState.RUNNING for t in trials):
@@ -191,11 +196,13 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
             + ") is spent; nothing to run (raise --trials or --train-frames to run more)")
         return summarize(study, spec, None, time.time() - started, log)
 
+    frames_per_fold, grace = fidelity(spec, corpus, splits)
     ensure_ray(ray_address, log)
     resources = fit_resources(spec.cpu, spec.gpu, spec.max_concurrent, f"{spec.source}: resources", log)
     check_memory(corpus.data_bytes, resources, f"{spec.source}: resources")
     if dashboard_port:
         serve(spec.storage, dashboard_port, log=log, background=True)
+    max_t = frames_per_fold * len(splits)
     if spec.pruner == "asha":
         scheduler = RecordingASHA(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=max_t, grace_period=grace,
                                   reduction_factor=spec.reduction_factor)
