@@ -2,6 +2,7 @@
 SQLite while a study writes, passwords kept out of everything written, the dashboard in Chromium."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -113,23 +114,34 @@ def test_a_driver_killed_beside_a_live_one_leaves_the_budget_met(tiny_root, tmp_
                       budget={"trials": 8, "max_epochs": 6}, resources={"cpu": 0.5, "max_concurrent": 2})
     drivers = [subprocess.Popen(RUN_STUDY + [str(path)], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    first, left = drivers[0].pid, []
     deadline = time.time() + 240
-    while time.time() < deadline:  # kill the first driver while it runs trials
+    while time.time() < deadline:  # kill the first driver while it runs a trial, once the study has a result
         time.sleep(0.3)
         try:
             trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
         except KeyError:
             continue
-        pids = {t.user_attrs.get("driver", "").rpartition(":")[2] for t in trials if t.state == TrialState.RUNNING}
-        if str(drivers[0].pid) in pids and any(t.state == TrialState.COMPLETE for t in trials):
+        if not any(t.state == TrialState.COMPLETE for t in trials):
+            continue
+        # Frozen, the driver (the only writer of its trials) cannot finish one between this look and the kill.
+        os.kill(first, signal.SIGSTOP)
+        trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
+        left = [t for t in trials
+                if t.state == TrialState.RUNNING and t.user_attrs.get("driver", "").endswith(f":{first}")]
+        # a trial that has recorded how it ended still counts (see fail_stale): wait for one that has not
+        if left and not any("stop_reason" in t.user_attrs for t in left):
             break
-    os.kill(drivers[0].pid, 9)
+        os.kill(first, signal.SIGCONT)
+        left = []
+    os.kill(first, signal.SIGKILL)
     drivers[0].wait()
+    assert left, "the kill did not land while the first driver ran a trial"
     output = drivers[1].communicate(timeout=400)[0]
     assert drivers[1].returncode == 0, output[-3000:]
     trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
     stale = [t for t in trials if not counts_against_budget(t)]
-    assert stale and all(t.user_attrs["driver"].endswith(f":{drivers[0].pid}") for t in stale)
+    assert {t.number for t in stale} == {t.number for t in left}
     counted = [t for t in trials if counts_against_budget(t)]
     assert len(counted) >= 8 and all(t.state == TrialState.COMPLETE for t in counted), \
         [(t.number, t.state.name, t.user_attrs.get("stop_reason")) for t in trials]

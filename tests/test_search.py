@@ -411,8 +411,10 @@ def test_start_configs_run_first_and_once_after_a_resume(ray_cluster, tiny_root,
 
 @e2e
 def test_fractional_gpus_pack_four_trials_on_one_gpu(ray_cluster, tiny_root, tmp_path):
+    # trials long enough (no early stop) that the four overlap for seconds: the times are stored to the second
     path = study_file(tmp_path, tiny_root, sqlite(tmp_path), study="packing", pruner={"name": "none"},
-                      budget={"trials": 8, "max_epochs": 10}, resources={"cpu": 0.25, "gpu": 0.25})
+                      budget={"trials": 8, "max_epochs": 20}, resources={"cpu": 0.25, "gpu": 0.25},
+                      fixed={"early_stop": 30})
     log = []
     run_study(load_study_file(path), log=log.append)
     assert "4 at a time (0.25 CPU, 0.25 GPU each)" in lines_of(log)

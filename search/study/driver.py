@@ -29,7 +29,7 @@ from core.splits import Split, make_splits
 from search.study.file import StudySpec
 from search.study.searcher import (DRIVER, RecordingASHA, StudySearcher, budget_spent, counts_against_budget,
                                    trial_config)
-from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage
+from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage, retrying
 from search.study.trainable import METRIC, TIME_ATTR, objective
 
 
@@ -245,7 +245,8 @@ def _trial_dirname(trial) -> str:
 
 def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | None, seconds: float,
               log: Callable[[str], None]) -> dict:
-    trials = study.get_trials(deepcopy=False)
+    # the storage may drop connections until the last read (the searcher's calls are retried too)
+    trials = retrying(lambda: study.get_trials(deepcopy=False), log)
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     told = searcher.told if searcher else []
     summary = {"study": spec.name, "storage": mask(spec.storage), "trials": len(trials), "states": states,
@@ -254,7 +255,7 @@ def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | No
     log(f"study {spec.name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
         f"{len(told)} finished in this run, in {seconds:.0f} s")
     if states.get("COMPLETE"):
-        best = study.best_trial
+        best = retrying(lambda: study.best_trial, log)
         summary |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params,
                     "best_config": trial_config(best).to_dict()}
         log(f"best: trial {best.number}, {metric_name(spec)} {best.value:.4f}")
