@@ -129,8 +129,10 @@ def test_a_driver_killed_beside_a_live_one_leaves_the_budget_met(tiny_root, tmp_
         trials = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials
         left = [t for t in trials
                 if t.state == TrialState.RUNNING and t.user_attrs.get("driver", "").endswith(f":{first}")]
-        # a trial that has recorded how it ended still counts (see fail_stale): wait for one that has not
-        if left and not any("stop_reason" in t.user_attrs for t in left):
+        # A trial that has recorded how it ended still counts (see fail_stale), and one asked but not yet
+        # named could be either driver's: look again until neither is there.
+        unnamed = [t for t in trials if t.state == TrialState.RUNNING and "driver" not in t.user_attrs]
+        if left and not unnamed and not any("stop_reason" in t.user_attrs for t in left):
             break
         os.kill(first, signal.SIGCONT)
         left = []
