@@ -109,6 +109,52 @@ def test_dropped_postgresql_connections_lose_nothing(tiny_root, tmp_path, pg_stu
         assert trials[number].value == value
 
 
+def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_cluster, tiny_root, tmp_path, pg_study):
+    from search.retrain.results import Evaluation, FoldRun, looks, open_results
+    from sqlalchemy.orm import Session
+    run_study(load_study_file(study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
+                                         budget={"trials": 2, "max_epochs": 2})), log=lambda line: None)
+    # In the order retrain-best first uses them, each table is locked until a query of retrain-best waits
+    # on it; that connection is then terminated mid-query and the lock released. The study's trials are
+    # locked against reads (the snapshot); the results tables against writes only (SHARE), so that
+    # opening them, which reads their columns, goes through and each write is cut off mid-transaction.
+    locks = [("trials", "ACCESS EXCLUSIVE"), ("fold_runs", "SHARE"), ("test_looks", "SHARE"), ("evaluations", "SHARE")]
+    engine = open_results(POSTGRES)  # the results tables exist, to be locked
+    log, outcome, killed = [], {}, []
+    worker = threading.Thread(target=lambda: outcome.update(out=retrain_best(
+        Request(pg_study, POSTGRES, top_k=1, seeds=1, out_dir=tmp_path / "retrain"), log=log.append)))
+    with psycopg.connect(POSTGRES) as locker, psycopg.connect(POSTGRES, autocommit=True) as watcher:
+        for table, mode in locks:
+            locker.execute(f"LOCK TABLE {table} IN {mode} MODE")
+            if not worker.is_alive() and not killed:
+                worker.start()
+            deadline = time.time() + 180
+            while worker.is_alive() and time.time() < deadline:
+                waiting = watcher.execute("SELECT pid, query FROM pg_stat_activity WHERE application_name = "
+                                          "'muse-search' AND wait_event_type = 'Lock'").fetchone()
+                if waiting:
+                    watcher.execute("SELECT pg_terminate_backend(%s)", (waiting[0],))
+                    killed.append((table, waiting[1].split()[0]))
+                    break
+                time.sleep(0.05)
+            locker.commit()
+    worker.join(timeout=300)
+    assert "out" in outcome, "\n".join(log[-30:])
+    assert killed == [("trials", "SELECT"), ("fold_runs", "INSERT"), ("test_looks", "INSERT"),
+                      ("evaluations", "INSERT")], "\n".join(log[-30:])
+    assert sum("storage connection lost" in line for line in log) == len(locks)
+    with Session(engine) as session:
+        evaluations = session.query(Evaluation).filter(Evaluation.study == pg_study).all()
+        runs = session.query(FoldRun).filter(FoldRun.study == pg_study).all()
+    assert [e.id for e in evaluations] == [outcome["out"]["evaluation_id"]]  # recorded once
+    assert [r.state for r in runs] == ["COMPLETE"]
+    assert looks(engine, pg_study) == 1  # the look whose write was cut off was not counted twice
+    assert Path(outcome["out"]["report"]).is_file()
+    with psycopg.connect(POSTGRES, autocommit=True) as db:
+        for table in ("fusions", "prediction_files", "evaluations", "test_looks", "fold_runs"):
+            db.execute(f"DELETE FROM {table} WHERE study = %s", (pg_study,))
+
+
 def test_a_driver_killed_beside_a_live_one_leaves_the_budget_met(tiny_root, tmp_path, pg_study):
     path = study_file(tmp_path, tiny_root, POSTGRES, study=pg_study, pruner={"name": "none"},
                       budget={"trials": 8, "max_epochs": 6}, resources={"cpu": 0.5, "max_concurrent": 2})

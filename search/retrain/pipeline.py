@@ -34,7 +34,7 @@ from search.retrain.results import (Evaluation, FusionResult, PredictionFile, Te
 from search.retrain.runs import Candidate, Plan, SeedRun, pool_rows, retrain, top_configs
 from search.study.file import StudySpec
 from search.study.space import format_params
-from search.study.storage import mask, open_storage
+from search.study.storage import mask, open_storage, retrying
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Experiment:
 def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
     request.check()
     exp = open_experiment(request, log)
-    latest = latest_evaluation(exp)
+    latest = retrying(lambda: latest_evaluation(exp), log)
     if latest is not None and not request.new_test_evaluation:
         return show_evaluation(exp, latest)
     prepare(exp)
@@ -97,12 +97,13 @@ def open_experiment(request: Request, log: Callable[[str], None]) -> Experiment:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(request.storage, create=False)
     names = list(dict.fromkeys([request.study, *request.fuse, *request.inputs_from]))
-    known = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    known = [s.study_name for s in retrying(
+        lambda: optuna.study.get_all_study_summaries(storage, include_best_trial=False), log)]
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"study {', '.join(map(repr, missing))} not found in {mask(request.storage)}; "
                           f"studies there: {', '.join(known) or 'none'}")
-    studies = {n: optuna.load_study(study_name=n, storage=storage) for n in names}
+    studies = {n: retrying(lambda: snapshot(storage, n), log) for n in names}
     specs = {}
     for name, study in studies.items():
         if "spec" not in study.user_attrs:
@@ -119,7 +120,16 @@ def open_experiment(request: Request, log: Callable[[str], None]) -> Experiment:
         if specs[name].targets != primary.targets:
             raise ConfigError(f"--fuse {name}: it predicts {list(specs[name].targets)}, {request.study!r} predicts "
                               f"{list(primary.targets)}; to use its predictions as inputs only, pass it with --inputs-from")
-    return Experiment(request, studies, specs, open_results(request.storage), log=log)
+    return Experiment(request, studies, specs, open_results(request.storage, log), log=log)
+
+
+def snapshot(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """The study as it stands now, copied into memory: the choice and the report see the same trials
+    while the study may run on elsewhere, and hours of retraining make no more reads that a dropped
+    connection could break."""
+    memory = optuna.storages.InMemoryStorage()
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=memory)
+    return optuna.load_study(study_name=name, storage=memory)
 
 
 def latest_evaluation(exp: Experiment) -> Evaluation | None:
@@ -133,12 +143,16 @@ def latest_evaluation(exp: Experiment) -> Evaluation | None:
 
 def show_evaluation(exp: Experiment, evaluation: Evaluation) -> dict:
     """A rerun shows the stored result instead of choosing (and looking at test) again."""
-    with Session(exp.engine) as session:
-        rows = [(f.method, f.cv_ccc, f.test_ccc) for f in session.scalars(
-            sa.select(FusionResult).where(FusionResult.evaluation_id == evaluation.id)).all()]
+    def read() -> tuple[list, int]:
+        with Session(exp.engine) as session:
+            rows = [(f.method, f.cv_ccc, f.test_ccc) for f in session.scalars(
+                sa.select(FusionResult).where(FusionResult.evaluation_id == evaluation.id)).all()]
+        return rows, looks(exp.engine, evaluation.study)
+
     log = exp.log
+    rows, looked = retrying(read, log)
     log(f"test was already evaluated for study {evaluation.study!r} (evaluation {evaluation.id}, "
-        f"{evaluation.created_at:%Y-%m-%d %H:%M} UTC; {looks(exp.engine, evaluation.study)} look(s) in all); "
+        f"{evaluation.created_at:%Y-%m-%d %H:%M} UTC; {looked} look(s) in all); "
         "showing it instead of choosing again. Pass --new-test-evaluation to look at test again (it is recorded).")
     log(f"chosen: trial {evaluation.chosen_trial}, test CCC " + _scores(evaluation.test_ccc))
     for method, cv, test in rows:
@@ -269,7 +283,7 @@ class TestScores:
 
 def evaluate_test_once(exp: Experiment, chosen_runs: list[SeedRun], fusions: list[Fused]) -> TestScores:
     """Record the look, then read test labels (where the data set has them) and score."""
-    look = record_look(exp.engine, exp.request.study, "retrain-best")
+    look = retrying(lambda: record_look(exp.engine, exp.request.study, "retrain-best"), exp.log)
     exp.log(f"test: look {look.number} at study {exp.request.study!r}'s test set")
     labels = test_labels(exp.request.data or exp.primary.data_root, exp.plan.corpus.feature_sets[0],
                          exp.primary.targets, exp.log)
@@ -295,38 +309,48 @@ def test_labels(root: str, feature_set: str, targets: tuple[str, ...], log: Call
 
 def record(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, chosen_runs: list[SeedRun],
            fusions: list[Fused], test: TestScores) -> dict:
-    """The evaluation and its fusions in the database, every method's CSVs, the delivered ones, the report."""
+    """Every method's CSVs, the delivered ones and the report in the look's folder, then the evaluation
+    and its fusions in the database: one short transaction, repeated if the connection drops."""
     request, plan, targets = exp.request, exp.plan, exp.primary.targets
     delivered = max(fusions, key=lambda f: f.score)
     provenance = {"code_version": code_version(), "data_fingerprint": exp.fingerprints[request.study]}
+    folder = request.out_dir / request.study / f"look-{test.look.number}"
+    files = {f.method: {partition: (write_predictions(folder / "methods" / f.method, plan.corpus, partition, preds,
+                                                      targets), len(preds))
+                        for partition, preds in _partitions(exp, f).items()} for f in fusions}
+    shutil.copytree(folder / "methods" / delivered.method, folder / "predictions", dirs_exist_ok=True)
+    results = _results_table(ranking, chosen, chosen_runs, fusions, test, exp)
+    report = write_report(folder / "report.html", ReportData(
+        study=exp.studies[request.study], storage=mask(request.storage), look=test.look.number,
+        code_version=provenance["code_version"], data_fingerprint=provenance["data_fingerprint"], targets=targets,
+        folds=len(plan.splits), ranking=ranking, results=results, chosen=fusions[0], delivered=delivered,
+        corpus=plan.corpus, pool=plan.pool, pool_labels=_pool_labels(exp), test_labels=test.labels))
     settings = {"top_k": request.top_k, "seeds": request.seeds, "fuse": request.fuse,
                 "inputs_from": request.inputs_from, "epochs": request.epochs,
                 "data": request.data or exp.primary.data_root, "protocol": plan.protocol}
-    with Session(exp.engine) as session, session.begin():
-        evaluation = Evaluation(look_id=test.look.id, study=request.study, settings=settings, ranking=_records(ranking),
-                                chosen_config_key=chosen.key, chosen_trial=chosen.trial, test_ccc=test.chosen,
-                                delivered=delivered.method, report=None, **provenance)
-        session.add(evaluation)
-        session.flush()
-        folder = request.out_dir / request.study / f"eval-{evaluation.id}"
-        for f in fusions:
-            session.add(FusionResult(evaluation_id=evaluation.id, study=request.study, method=f.method,
-                                     inputs=[s.describe() for s in f.inputs], weights=f.weights, cv_ccc=f.cv_ccc,
-                                     protocol=f.protocol, test_ccc=test.fusions[f.method], **provenance))
-            for partition, preds in _partitions(exp, f).items():
-                csv = write_predictions(folder / "methods" / f.method, plan.corpus, partition, preds, targets)
-                session.add(PredictionFile(study=request.study, evaluation_id=evaluation.id, method=f.method,
-                                           partition=partition, path=str(csv), frames=len(preds), **provenance))
-        shutil.copytree(folder / "methods" / delivered.method, folder / "predictions", dirs_exist_ok=True)
-        results = _results_table(ranking, chosen, chosen_runs, fusions, test, exp)
-        report = write_report(folder / "report.html", ReportData(
-            study=exp.studies[request.study], storage=mask(request.storage), evaluation_id=evaluation.id,
-            looks=test.look.number, code_version=provenance["code_version"],
-            data_fingerprint=provenance["data_fingerprint"], targets=targets, folds=len(plan.splits),
-            ranking=ranking, results=results, chosen=fusions[0], delivered=delivered, corpus=plan.corpus,
-            pool=plan.pool, pool_labels=_pool_labels(exp), test_labels=test.labels))
-        evaluation.report = str(report)
-        evaluation_id = evaluation.id
+
+    def store() -> int:
+        with Session(exp.engine) as session, session.begin():
+            stored = session.scalar(sa.select(Evaluation.id).where(Evaluation.look_id == test.look.id))
+            if stored is not None:  # an earlier try committed, and its answer was lost with the connection
+                return stored
+            evaluation = Evaluation(look_id=test.look.id, study=request.study, settings=settings,
+                                    ranking=_records(ranking), chosen_config_key=chosen.key,
+                                    chosen_trial=chosen.trial, test_ccc=test.chosen, delivered=delivered.method,
+                                    report=str(report), **provenance)
+            session.add(evaluation)
+            session.flush()
+            for f in fusions:
+                session.add(FusionResult(evaluation_id=evaluation.id, study=request.study, method=f.method,
+                                         inputs=[s.describe() for s in f.inputs], weights=f.weights,
+                                         cv_ccc=f.cv_ccc, protocol=f.protocol, test_ccc=test.fusions[f.method],
+                                         **provenance))
+                session.add_all(PredictionFile(study=request.study, evaluation_id=evaluation.id, method=f.method,
+                                               partition=partition, path=str(csv), frames=frames, **provenance)
+                                for partition, (csv, frames) in files[f.method].items())
+            return evaluation.id
+
+    evaluation_id = retrying(store, exp.log)
     exp.log(f"chosen config: trial {chosen.trial} of {request.study!r} (best mean over {request.seeds} seeds and "
             f"{len(plan.splits)} split(s))")
     exp.log(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -28,8 +28,7 @@ COLORS = ("#222222", "#1f77b4", "#d62728")
 class ReportData:
     study: optuna.Study
     storage: str  # masked
-    evaluation_id: int
-    looks: int  # how many times test was looked at for this study, this one included
+    look: int  # which look at this study's test set this is (1 = the first)
     code_version: str
     data_fingerprint: str
     targets: tuple[str, ...]
@@ -89,11 +88,11 @@ def write_report(path: Path, data: ReportData) -> Path:
                          + (" (out of fold: each video predicted by models that did not train on it)."
                             if name == "devel" and data.folds > 1 else ".")))
     warning = ""
-    if data.looks > 1:
-        warning = (f"<p class=warn>Test was looked at {data.looks} times for this study: scores after the first "
+    if data.look > 1:
+        warning = (f"<p class=warn>Test was looked at {data.look} times for this study: scores after the first "
                    "are no longer unbiased.</p>")
-    meta = (f"study <b>{html.escape(data.study.study_name)}</b> in {html.escape(data.storage)} · evaluation "
-            f"{data.evaluation_id} · data {data.data_fingerprint} · code {html.escape(data.code_version)}")
+    meta = (f"study <b>{html.escape(data.study.study_name)}</b> in {html.escape(data.storage)} · look "
+            f"{data.look} at test · data {data.data_fingerprint} · code {html.escape(data.code_version)}")
     body = "\n".join(f"<section><h2>{html.escape(title)}</h2><p class=explain>{html.escape(text)}</p>{content}</section>"
                      for title, content, text in sections)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,13 @@ import datetime as dt
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from search.study.storage import CONNECT_TIMEOUT_S, StorageError, mask, schema_lock
+from search.study.storage import APPLICATION_NAME, CONNECT_TIMEOUT_S, StorageError, mask, retrying, schema_lock
 
 SCHEMA_VERSION = 2  # version 1's tables (retrain_runs, test_evaluations, ...) are left as they were
 
@@ -128,16 +129,21 @@ def code_version() -> str:
         return "unknown"
 
 
-def open_results(url: str) -> sa.Engine:
+def open_results(url: str, log: Callable[[str], None] = print) -> sa.Engine:
     """The study's database, with the results tables created if missing; a storage we cannot write fails here."""
-    connect = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {"timeout": 30}
+    connect = ({"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION_NAME} if url.startswith("postgresql")
+               else {"timeout": 30})
     engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect)
-    try:
+
+    def prepare() -> None:
         with schema_lock(url):
             Base.metadata.create_all(engine)
             _add_new_columns(engine)
         with Session(engine) as session, session.begin():  # a real write, before hours of training
             session.merge(ResultsSchema(id=1, version=SCHEMA_VERSION, opened_at=dt.datetime.now(dt.timezone.utc)))
+
+    try:
+        retrying(prepare, log)
     except sa.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"storage {mask(url)} cannot hold the results (no write access?): {reason}") from None

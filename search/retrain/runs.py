@@ -26,6 +26,7 @@ from core.splits import Split
 from search.cluster import Resources
 from search.retrain.results import FoldRun, code_version
 from search.study.searcher import trial_config
+from search.study.storage import retrying
 
 
 @dataclass
@@ -123,7 +124,7 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
     for c in candidates:
         for seed in seeds:
             for split in plan.splits:
-                row = _stored(engine, c, seed, split, plan)
+                row = retrying(lambda: _stored(engine, c, seed, split, plan), log)
                 if row is not None:
                     stored[(c.key, seed, split.name)] = row
                 else:
@@ -138,12 +139,13 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
         c, seed, split, _ = pending.pop(ready)
         done += 1
         try:
-            row = _store(engine, c, seed, split, plan, ray.get(ready))
+            out = ray.get(ready)
+            row = retrying(lambda: _store(engine, c, seed, split, plan, out), log)
             stored[(c.key, seed, split.name)] = row
             outcome = f"CCC {np.mean(list(row.score_ccc.values())):.4f} ({row.epochs_run} epochs, {row.seconds:.0f}s)"
         except ray.exceptions.RayError as e:  # the task raised, or its worker died (killed, out of memory)
             reason = str(getattr(e, "cause", None) or e).strip().splitlines()[0][:300]
-            _store_failure(engine, c, seed, split, plan, reason)
+            retrying(lambda: _store_failure(engine, c, seed, split, plan, reason), log)
             outcome = f"FAILED, left out ({reason}); a rerun tries it again"
         left = (time.time() - started) / done * len(pending)
         log(f"  [{reused + done}/{total}] {c.label} seed {seed} "

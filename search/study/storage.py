@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from core.errors import UserError
 
 CONNECT_TIMEOUT_S = 5
+APPLICATION_NAME = "muse-search"  # how PostgreSQL's pg_stat_activity names this service's connections
 HEARTBEAT_S = int(os.environ.get("MUSE_HEARTBEAT_S", 10))  # tests shorten it
 STALE_AFTER_S = 6 * HEARTBEAT_S
 RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # then the error stands: the storage is really gone
@@ -73,7 +74,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
         _prepare_sqlite(parsed.database, url)
         engine_kwargs["connect_args"] = {"timeout": 30}  # wait for a busy writer instead of failing
     elif parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "muse-search"}
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION_NAME}
     try:
         beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": STALE_AFTER_S} if heartbeat else {}
         with schema_lock(url):
