@@ -121,8 +121,15 @@ def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_clu
     locks = [("trials", "ACCESS EXCLUSIVE"), ("fold_runs", "SHARE"), ("test_looks", "SHARE"), ("evaluations", "SHARE")]
     engine = open_results(POSTGRES)  # the results tables exist, to be locked
     log, outcome, killed = [], {}, []
-    worker = threading.Thread(target=lambda: outcome.update(out=retrain_best(
-        Request(pg_study, POSTGRES, top_k=1, seeds=1, out_dir=tmp_path / "retrain"), log=log.append)))
+
+    def retrain() -> None:
+        try:
+            outcome["out"] = retrain_best(Request(pg_study, POSTGRES, top_k=1, seeds=1, out_dir=tmp_path / "retrain"),
+                                          log=log.append)
+        except Exception as e:
+            outcome["error"] = repr(e)
+
+    worker = threading.Thread(target=retrain, daemon=True)
     with psycopg.connect(POSTGRES) as locker, psycopg.connect(POSTGRES, autocommit=True) as watcher:
         for table, mode in locks:
             locker.execute(f"LOCK TABLE {table} IN {mode} MODE")
@@ -130,8 +137,9 @@ def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_clu
                 worker.start()
             deadline = time.time() + 180
             while worker.is_alive() and time.time() < deadline:
-                waiting = watcher.execute("SELECT pid, query FROM pg_stat_activity WHERE application_name = "
-                                          "'muse-search' AND wait_event_type = 'Lock'").fetchone()
+                waiting = watcher.execute(
+                    "SELECT a.pid, a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted "
+                    "AND l.relation = %s::regclass AND a.application_name = 'muse-search'", (table,)).fetchone()
                 if waiting:
                     watcher.execute("SELECT pg_terminate_backend(%s)", (waiting[0],))
                     killed.append((table, waiting[1].split()[0]))
@@ -139,7 +147,7 @@ def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_clu
                 time.sleep(0.05)
             locker.commit()
     worker.join(timeout=300)
-    assert "out" in outcome, "\n".join(log[-30:])
+    assert "out" in outcome, (outcome.get("error"), "\n".join(log[-30:]))
     assert killed == [("trials", "SELECT"), ("fold_runs", "INSERT"), ("test_looks", "INSERT"),
                       ("evaluations", "INSERT")], "\n".join(log[-30:])
     assert sum("storage connection lost" in line for line in log) == len(locks)

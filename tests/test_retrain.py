@@ -164,6 +164,32 @@ def test_the_standard_split_retrains_on_train_and_fuses_over_devel(studies):
     assert out["delivered"] in out["cv"]
 
 
+def test_a_commit_whose_answer_was_lost_is_recorded_once(studies):
+    """The look and the evaluation were committed, then the connection dropped before the answer came:
+    the retries find them instead of writing them twice."""
+    engine, lost = open_results(studies["storage"]), []
+
+    def lose_the_answer(session):
+        for name in {type(o).__name__ for o in session.identity_map.values()} & {"TestLook", "Evaluation"} - set(lost):
+            lost.append(name)
+            raise sa.exc.OperationalError("COMMIT", None, ConnectionResetError("server closed the connection"))
+
+    looks_before = len(rows(engine, TestLook, study="valence_devel"))
+    evaluations_before = len(rows(engine, Evaluation, study="valence_devel"))
+    log = []
+    sa.event.listen(Session, "after_commit", lose_the_answer)
+    try:
+        out = retrain_best(request(studies, "valence_devel", top_k=1, seeds=1, new_test_evaluation=True),
+                           log=log.append)
+    finally:
+        sa.event.remove(Session, "after_commit", lose_the_answer)
+    assert lost == ["TestLook", "Evaluation"]
+    assert sum("storage connection lost" in line and "server closed the connection" in line for line in log) == 2
+    looks = rows(engine, TestLook, study="valence_devel")
+    assert len(looks) == looks_before + 1 and len(rows(engine, Evaluation, study="valence_devel")) == evaluations_before + 1
+    assert Path(out["report"]).parent.name == f"look-{max(look.number for look in looks)}"
+
+
 def test_report_explains_itself_and_renders_its_plots_in_chromium(evaluated, tmp_path):
     from playwright.sync_api import sync_playwright
     errors = []

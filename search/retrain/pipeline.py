@@ -97,8 +97,7 @@ def open_experiment(request: Request, log: Callable[[str], None]) -> Experiment:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(request.storage, create=False)
     names = list(dict.fromkeys([request.study, *request.fuse, *request.inputs_from]))
-    known = [s.study_name for s in retrying(
-        lambda: optuna.study.get_all_study_summaries(storage, include_best_trial=False), log)]
+    known = retrying(lambda: optuna.get_all_study_names(storage), log)
     missing = [n for n in names if n not in known]
     if missing:
         raise ConfigError(f"study {', '.join(map(repr, missing))} not found in {mask(request.storage)}; "
@@ -283,7 +282,7 @@ class TestScores:
 
 def evaluate_test_once(exp: Experiment, chosen_runs: list[SeedRun], fusions: list[Fused]) -> TestScores:
     """Record the look, then read test labels (where the data set has them) and score."""
-    look = retrying(lambda: record_look(exp.engine, exp.request.study, "retrain-best"), exp.log)
+    look = record_look(exp.engine, exp.request.study, "retrain-best", exp.log)
     exp.log(f"test: look {look.number} at study {exp.request.study!r}'s test set")
     labels = test_labels(exp.request.data or exp.primary.data_root, exp.plan.corpus.feature_sets[0],
                          exp.primary.targets, exp.log)
@@ -315,6 +314,7 @@ def record(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, chosen_run
     delivered = max(fusions, key=lambda f: f.score)
     provenance = {"code_version": code_version(), "data_fingerprint": exp.fingerprints[request.study]}
     folder = request.out_dir / request.study / f"look-{test.look.number}"
+    shutil.rmtree(folder, ignore_errors=True)  # the look's alone (an earlier one of its number: tables reset)
     files = {f.method: {partition: (write_predictions(folder / "methods" / f.method, plan.corpus, partition, preds,
                                                       targets), len(preds))
                         for partition, preds in _partitions(exp, f).items()} for f in fusions}

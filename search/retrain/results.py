@@ -1,8 +1,9 @@
 """Retrain-best results, in the study's own database beside Optuna's tables: one URL holds the experiment.
 
 Every row carries its provenance: study, trial number, config, seed, code version, data fingerprint
-and creation time. Prediction arrays live on disk, in folders named after the rows' ids.
-Looks at test are rows too, written before any test label is read, so every look is counted.
+and creation time. Prediction arrays live on disk, in folders named after the runs' ids and the
+looks' numbers. Looks at test are rows too, written before any test label is read, so every look is
+counted, and counted once.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import datetime as dt
 import os
 import socket
 import subprocess
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from search.study.storage import APPLICATION_NAME, CONNECT_TIMEOUT_S, StorageError, mask, retrying, schema_lock
+from search.study.storage import StorageError, connect_args, mask, retrying, schema_lock
 
 SCHEMA_VERSION = 2  # version 1's tables (retrain_runs, test_evaluations, ...) are left as they were
 
@@ -71,6 +73,7 @@ class TestLook(Base):
     purpose: Mapped[str] = mapped_column(sa.String(128))
     host: Mapped[str] = mapped_column(sa.String(256))
     pid: Mapped[int]
+    token: Mapped[str | None] = mapped_column(sa.String(32))  # its writer's, to find it again after a lost answer
     created_at: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -131,9 +134,7 @@ def code_version() -> str:
 
 def open_results(url: str, log: Callable[[str], None] = print) -> sa.Engine:
     """The study's database, with the results tables created if missing; a storage we cannot write fails here."""
-    connect = ({"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION_NAME} if url.startswith("postgresql")
-               else {"timeout": 30})
-    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args(url))
 
     def prepare() -> None:
         with schema_lock(url):
@@ -161,21 +162,31 @@ def _add_new_columns(engine: sa.Engine) -> None:
                                    f"{column.type.compile(engine.dialect)}"))
 
 
-def record_look(engine: sa.Engine, study: str, purpose: str) -> TestLook:
+def record_look(engine: sa.Engine, study: str, purpose: str, log: Callable[[str], None] = print) -> TestLook:
     """Count a look at the study's test labels, committed before they are read. Two processes looking at
-    once cannot both take the same number: the second gets a StorageError and reads nothing."""
-    with Session(engine) as session:
-        number = (session.scalar(sa.select(sa.func.max(TestLook.number)).where(TestLook.study == study)) or 0) + 1
-        look = TestLook(study=study, number=number, purpose=purpose, host=socket.gethostname(), pid=os.getpid())
-        session.add(look)
-        try:
-            session.commit()
-        except sa.exc.IntegrityError:
-            raise StorageError(f"study {study!r}: another process is looking at its test set right now (look "
-                               f"{number}); run again once it is done to see its result") from None
-        session.refresh(look)
-        session.expunge(look)
-        return look
+    once cannot both take the same number: the second gets a StorageError and reads nothing. A lost
+    connection is retried, and a look whose commit went through but whose answer was lost is found
+    again by its token: counted once."""
+    token = uuid.uuid4().hex
+
+    def write() -> TestLook:
+        with Session(engine, expire_on_commit=False) as session:
+            look = session.scalars(sa.select(TestLook).where(TestLook.token == token)).first()
+            if look is None:
+                number = (session.scalar(sa.select(sa.func.max(TestLook.number))
+                                         .where(TestLook.study == study)) or 0) + 1
+                look = TestLook(study=study, number=number, purpose=purpose, host=socket.gethostname(),
+                                pid=os.getpid(), token=token)
+                session.add(look)
+                try:
+                    session.commit()
+                except sa.exc.IntegrityError:
+                    raise StorageError(f"study {study!r}: another process is looking at its test set right now "
+                                       f"(look {number}); run again once it is done to see its result") from None
+            session.expunge(look)
+            return look
+
+    return retrying(write, log)
 
 
 def looks(engine: sa.Engine, study: str) -> int:

@@ -8,6 +8,7 @@ predictions of the pooled videos, with test predictions averaged over its split 
 """
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,19 +208,25 @@ def _replace(session: Session, row: FoldRun, c: Candidate, seed: int, split: Spl
 
 def _store(engine, c: Candidate, seed: int, split: Split, plan: Plan, out: dict) -> FoldRun:
     summary = out["summary"]
-    with Session(engine) as session, session.begin():
-        row = _replace(session, FoldRun(
-            study=c.study, trial_number=c.trial, config_key=c.key, config=c.config.replace(seed=seed).to_dict(),
-            seed=seed, split=split.name, protocol=plan.protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
-            best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
-            node=out["node"], code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
-        folder = plan.out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.name.replace('/', 'of').replace(' ', '-')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "score.npy", out["score"])
-        np.save(folder / "test.npy", out["test"])
-        row.predictions = str(folder)
-        session.flush()
-        session.expunge(row)
+    folder = None
+    try:
+        with Session(engine) as session, session.begin():
+            row = _replace(session, FoldRun(
+                study=c.study, trial_number=c.trial, config_key=c.key, config=c.config.replace(seed=seed).to_dict(),
+                seed=seed, split=split.name, protocol=plan.protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
+                best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
+                node=out["node"], code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
+            folder = plan.out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.name.replace('/', 'of').replace(' ', '-')}"
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "score.npy", out["score"])
+            np.save(folder / "test.npy", out["test"])
+            row.predictions = str(folder)
+            session.flush()
+            session.expunge(row)
+    except Exception:  # no row names the folder (or a retry replaces the row whose commit answer was lost)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return row
 
 

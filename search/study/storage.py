@@ -66,15 +66,13 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
                            "postgresql://user:password@host:5432/db)") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(f"storage {mask(url)}: use sqlite:///path.db or postgresql://...")
-    engine_kwargs: dict = {"pool_pre_ping": True}  # a dropped connection is replaced, not reused
+    # a dropped connection is replaced, not reused
+    engine_kwargs: dict = {"pool_pre_ping": True, "connect_args": connect_args(url)}
     if parsed.get_backend_name() == "sqlite":
         path = (parsed.database or "").removeprefix("file:") if parsed.query.get("uri") == "true" else parsed.database
         if not create and path not in (None, "", ":memory:") and not Path(path).is_file():
             raise StorageError(f"storage {mask(url)}: no such file {path} (no study was stored there)")
         _prepare_sqlite(parsed.database, url)
-        engine_kwargs["connect_args"] = {"timeout": 30}  # wait for a busy writer instead of failing
-    elif parsed.get_backend_name() == "postgresql":
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION_NAME}
     try:
         beats = {"heartbeat_interval": HEARTBEAT_S, "grace_period": STALE_AFTER_S} if heartbeat else {}
         with schema_lock(url):
@@ -82,6 +80,14 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(f"storage {mask(url)} does not answer or cannot be used: {reason}") from None
+
+
+def connect_args(url: str) -> dict:
+    """SQLite waits for a busy writer instead of failing; PostgreSQL gives up on a server that does not
+    answer within seconds and names this service's connections."""
+    if url.startswith("sqlite"):
+        return {"timeout": 30}
+    return {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": APPLICATION_NAME}
 
 
 @contextmanager
@@ -140,6 +146,8 @@ def retrying(call: Callable[[], T], log: Callable[[str], None] = print) -> T:
 
 def _lost_connection(error: BaseException | None) -> bool:
     while error is not None:
+        if isinstance(error, sqlite3.Error):  # a file has no connection to lose (read-only, full disk, ...)
+            return False
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.PendingRollbackError)):
             return True
