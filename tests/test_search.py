@@ -1,4 +1,5 @@
 """The search service: study files, the space, and real studies on real Ray, SQLite and PostgreSQL."""
+import dataclasses
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from core.errors import ConfigError, DataError
 from core.muse_files import label_file, read_partition
 from search.study.driver import open_study, run_study
 from search.study.file import StudySpec, load_study_file
-from search.study.searcher import counts_against_budget, trial_config
+from search.study.searcher import counts_against_budget, drawn_by, trial_config
 from search.study.space import parse_space, sample
 from helpers import POSTGRES, free_port, get_json, study_file
 
@@ -132,6 +133,17 @@ def test_the_sampler_proposes_from_its_model_after_the_start_up_trials(tmp_path,
         for t in trials:
             t.study.tell(t, float(i))
     assert same == [True, True, True, False, False]
+
+
+def test_gp_and_cmaes_leave_their_start_up_on_completed_trials_only(tmp_path, tiny_root):
+    gp = load_study_file(study_file(tmp_path, tiny_root, sqlite(tmp_path), sampler={"name": "gp", "n_startup_trials": 2}))
+    pruned = [optuna.trial.create_trial(state=TrialState.PRUNED) for _ in range(3)]
+    complete = [optuna.trial.create_trial(value=0.5) for _ in range(2)]
+    assert drawn_by(gp, pruned) == drawn_by(dataclasses.replace(gp, sampler="cmaes"), pruned) == "random"
+    assert drawn_by(dataclasses.replace(gp, sampler="tpe"), pruned) == "model"  # TPE learns from pruned trials
+    assert drawn_by(gp, pruned + complete) == "model"
+    assert drawn_by(dataclasses.replace(gp, sampler="random"), pruned + complete) == "random"
+    assert drawn_by(gp, pruned + complete + [optuna.trial.create_trial(state=TrialState.WAITING)]) == "enqueued"
 
 
 def test_space_samples_only_configs_that_work():
@@ -399,14 +411,19 @@ def test_start_configs_run_first_and_once_after_a_resume(ray_cluster, tiny_root,
     starts = [{"feature_set": ["egemaps"], "win_len": 40, "d_rnn": 8, "n_layers": 1, "n_heads": 2, "lr": 0.005},
               {"feature_set": ["egemaps", "fasttext"], "win_len": 80, "d_rnn": 16, "n_layers": 0, "lr": 0.002}]
     path = study_file(tmp_path, tiny_root, storage, study="warm", budget={"trials": 3, "max_epochs": 2},
-                      pruner={"name": "none"}, resources={"cpu": 1, "max_concurrent": 1}, start_from=starts)
+                      pruner={"name": "none"}, resources={"cpu": 1, "max_concurrent": 1}, start_from=starts,
+                      sampler={"name": "tpe", "n_startup_trials": 3})
     spec = load_study_file(path)
     run_study(spec, log=lambda line: None)
-    run_study(load_study_file(path, {"trials": 5}), log=lambda line: None)
+    log = []
+    run_study(load_study_file(path, {"trials": 5}), log=log.append)
     trials = sorted(optuna.load_study(study_name="warm", storage=storage).trials, key=lambda t: t.number)
     assert [t.params for t in trials[:2]] == spec.start_from
     assert len(trials) == 5 and all(t.params not in spec.start_from for t in trials[2:])
     assert trial_config(trials[0]).feature_set == ("egemaps",)
+    # the start configs count towards the 3 start-up trials: one random draw, then the model proposes
+    assert [t.user_attrs["sampled"] for t in trials] == ["enqueued", "enqueued", "random", "model", "model"]
+    assert "sampler tpe: 2 of 5 trials proposed from its model, 1 drawn at random, 2 enqueued" in lines_of(log)
 
 
 @e2e

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from core.corpus import Corpus, load_corpus
 from core.errors import ConfigError
 from core.splits import Split, make_splits
 from search.study.file import StudySpec
-from search.study.searcher import (DRIVER, RecordingASHA, StudySearcher, budget_spent, counts_against_budget,
-                                   trial_config)
+from search.study.searcher import (DRIVER, LEARNS_FROM, RecordingASHA, StudySearcher, budget_spent,
+                                   counts_against_budget, trial_config)
 from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage, retrying
 from search.study.trainable import METRIC, TIME_ATTR, objective
 
@@ -254,6 +255,14 @@ def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | No
                "storage_s": round(searcher.storage_s, 3) if searcher else 0.0}
     log(f"study {spec.name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
         f"{len(told)} finished in this run, in {seconds:.0f} s")
+    drawn = Counter(t.user_attrs["sampled"] for t in trials if "sampled" in t.user_attrs)
+    if drawn:
+        summary["sampled"] = dict(drawn)
+        only_complete = (f"; {spec.sampler} learns from completed trials only, so it draws at random until "
+                         f"{spec.startup_trials} have completed" if LEARNS_FROM.get(spec.sampler) == (TrialState.COMPLETE,)
+                         and spec.pruner != "none" else "")
+        log(f"sampler {spec.sampler}: {drawn['model']} of {drawn.total()} trials proposed from its model, "
+            f"{drawn['random']} drawn at random, {drawn['enqueued']} enqueued{only_complete}")
     if states.get("COMPLETE"):
         best = retrying(lambda: study.best_trial, log)
         summary |= {"best_trial": best.number, "best_value": best.value, "best_params": best.params,

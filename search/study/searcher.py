@@ -61,6 +61,24 @@ def budget_spent(trials: list[FrozenTrial], spec: StudySpec) -> bool:
     return sum(counts_against_budget(t) for t in trials) >= spec.trials or frames >= (spec.train_frames or math.inf)
 
 
+# The trials each model-based sampler learns from: TPE counts ASHA's pruned trials (at their last
+# value), Optuna's GP and CMA-ES samplers only completed ones.
+LEARNS_FROM = {"tpe": (TrialState.COMPLETE, TrialState.PRUNED), "gp": (TrialState.COMPLETE,),
+               "cmaes": (TrialState.COMPLETE,)}
+
+
+def drawn_by(spec: StudySpec, before: list[FrozenTrial]) -> str:
+    """How the sampler chooses the trial asked after `before`: "enqueued" (a start_from config),
+    "model", or "random" (random search, or a start-up draw while fewer trials it learns from have
+    finished than its n_startup_trials)."""
+    if any(t.state == TrialState.WAITING for t in before):
+        return "enqueued"
+    states = LEARNS_FROM.get(spec.sampler)
+    if states is None or sum(t.state in states for t in before) < spec.startup_trials:
+        return "random"
+    return "model"
+
+
 CONFIG = "config."  # a trial's training config is one user attribute per field: short lines in the dashboard
 
 
@@ -121,7 +139,8 @@ class StudySearcher(Searcher):
             trial = self._storage(self.study.ask)
         self.beat(trial)
         cfg = self._storage(lambda: sample(trial, self.spec.space)).replace(max_frames=self.max_frames)
-        attrs = {"driver": DRIVER, "ray_trial_id": trial_id, "data_fingerprint": self.fingerprint} | config_attrs(cfg)
+        attrs = {"driver": DRIVER, "ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
+                 "sampled": drawn_by(self.spec, trials)} | config_attrs(cfg)
         self._storage(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
         self.running[trial_id] = Running(trial, time.time())
         return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
