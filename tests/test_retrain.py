@@ -246,8 +246,10 @@ def test_top_k_larger_than_the_distinct_configs_uses_what_exists(studies):
 
 def test_storages_that_cannot_serve_leave_nothing_behind(studies, tmp_path):
     path = studies["storage"].removeprefix("sqlite:///")
+    log = []
     with pytest.raises(StorageError, match="cannot hold the results .*readonly"):
-        retrain_best(Request("valence", f"sqlite:///file:{path}?mode=ro&uri=true"), log=lambda line: None)
+        retrain_best(Request("valence", f"sqlite:///file:{path}?mode=ro&uri=true"), log=log.append)
+    assert not [line for line in log if "connection lost" in line]  # a read-only file fails at once
     with pytest.raises(StorageError, match="no such file .*nowhere.db"):
         retrain_best(Request("valence", f"sqlite:///{tmp_path / 'nowhere.db'}"), log=lambda line: None)
     assert not (tmp_path / "nowhere.db").exists()

@@ -146,8 +146,8 @@ def retrying(call: Callable[[], T], log: Callable[[str], None] = print) -> T:
 
 def _lost_connection(error: BaseException | None) -> bool:
     while error is not None:
-        if isinstance(error, sqlite3.Error):  # a file has no connection to lose (read-only, full disk, ...)
-            return False
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and isinstance(error.orig, sqlite3.Error):
+            return False  # a file has no connection to lose (read-only, full disk, ...)
         if isinstance(error, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.PendingRollbackError)):
             return True
