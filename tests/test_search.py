@@ -16,10 +16,11 @@ from optuna.trial import TrialState
 
 from core.errors import ConfigError, DataError
 from core.muse_files import label_file, read_partition
-from search.study.driver import open_study, run_study
+from search.study.driver import Heartbeat, open_study, run_study
 from search.study.file import StudySpec, load_study_file
-from search.study.searcher import counts_against_budget, drawn_by, trial_config
+from search.study.searcher import StudySearcher, counts_against_budget, drawn_by, trial_config
 from search.study.space import parse_space, sample
+from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, open_storage
 from helpers import POSTGRES, free_port, get_json, study_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +134,29 @@ def test_the_sampler_proposes_from_its_model_after_the_start_up_trials(tmp_path,
         for t in trials:
             t.study.tell(t, float(i))
     assert same == [True, True, True, False, False]
+
+
+def test_a_trial_whose_sampling_outlasts_the_stale_limit_stays_its_drivers(tmp_path, tiny_root, monkeypatch):
+    # Under dropped connections, sampling one trial retried for longer than STALE_AFTER_S; the driver's
+    # own heartbeat then failed the trial it was still setting up, and the driver crashed (CI, stop 19).
+    import search.study.searcher as searcher_module
+    spec = load_study_file(study_file(tmp_path, tiny_root, sqlite(tmp_path)))
+    storage = open_storage(spec.storage, heartbeat=True)
+    study = open_study(storage, spec, "data", force=False, log=lambda line: None)
+    searcher = StudySearcher(study, storage, spec, max_frames=1000, data_fingerprint="data", log=lambda line: None)
+
+    def slow_sample(trial: optuna.Trial, space):
+        time.sleep(STALE_AFTER_S + 2 * HEARTBEAT_S)
+        return sample(trial, space)
+    monkeypatch.setattr(searcher_module, "sample", slow_sample)
+    heartbeat = Heartbeat(study, searcher, log=lambda line: None).start()
+    try:
+        config = searcher.suggest("ray-trial-1")
+    finally:
+        heartbeat.stop()
+    [trial] = study.get_trials()
+    assert trial.state == TrialState.RUNNING and trial.number == config["trial_number"]
+    assert trial.user_attrs["ray_trial_id"] == "ray-trial-1"
 
 
 def test_gp_and_cmaes_leave_their_start_up_on_completed_trials_only(tmp_path, tiny_root):

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +66,17 @@ def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int,
     return grace * factor ** rungs_per_fold, grace
 
 
-def fail_stale(study: optuna.Study, log: Callable[[str], None]) -> list[int]:
+def fail_stale(study: optuna.Study, log: Callable[[str], None], own: Collection[int] = ()) -> list[int]:
     """Fail other drivers' dead trials: those whose heartbeat stopped, and those left RUNNING without
-    one (asked by a driver that died, or whose answer was lost, before its first beat)."""
+    one (asked by a driver that died, or whose answer was lost, before its first beat). `own` are this
+    driver's live trials, which it beats itself."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                if t.user_attrs.get("driver") != DRIVER}
     optuna.storages.fail_stale_trials(study)
     now = dt.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "driver" not in t.user_attrs and (now - t.datetime_start).total_seconds() > STALE_AFTER_S:
+        if ("driver" not in t.user_attrs and t.number not in own
+                and (now - t.datetime_start).total_seconds() > STALE_AFTER_S):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     after = {t.number: t for t in study.get_trials(deepcopy=False)}
     failed = sorted(n for n in running if after[n].state == TrialState.FAIL)
@@ -99,8 +101,8 @@ def register(study: optuna.Study, driver: str) -> bool:
 class Heartbeat:
     """Beats for this driver's running trials every HEARTBEAT_S, and fails other drivers' stale trials."""
 
-    def __init__(self, study: optuna.Study, beat: Callable[[], None], log: Callable[[str], None]):
-        self.study, self.beat, self.log = study, beat, log
+    def __init__(self, study: optuna.Study, searcher: StudySearcher, log: Callable[[str], None]):
+        self.study, self.searcher, self.log = study, searcher, log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="study-heartbeat", daemon=True)
 
@@ -116,9 +118,9 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self.beat()
+                self.searcher.beat_all()
                 self.study.set_user_attr(f"driver:{DRIVER}", time.time())
-                fail_stale(self.study, self.log)
+                fail_stale(self.study, self.log, own=self.searcher.own_trials())
             except Exception as e:  # a storage hiccup must not kill the driver; the next beat retries
                 self.log(f"heartbeat failed ({type(e).__name__}: {e}); retrying in {HEARTBEAT_S} s")
 
@@ -211,7 +213,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     else:
         scheduler, pruned_by = tune.schedulers.FIFOScheduler(), (lambda trial_id: False)
     searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log)
-    heartbeat = Heartbeat(study, searcher.beat_all, log).start()
+    heartbeat = Heartbeat(study, searcher, log).start()
     try:
         corpus_ref = put_corpus(corpus)
         del corpus

@@ -137,12 +137,16 @@ class StudySearcher(Searcher):
         with warnings.catch_warnings():  # Optuna expects heartbeats with study.optimize; this searcher beats them
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = self._storage(self.study.ask)
+        # Ours from here on: this driver's heartbeat beats it and does not fail it as stale, however long
+        # the sampling takes (retries after dropped connections can outlast STALE_AFTER_S); other drivers
+        # see it named at once.
+        self.running[trial_id] = Running(trial, time.time())
+        self._storage(lambda: trial.set_user_attr("driver", DRIVER))
         self.beat(trial)
         cfg = self._storage(lambda: sample(trial, self.spec.space)).replace(max_frames=self.max_frames)
-        attrs = {"driver": DRIVER, "ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
+        attrs = {"ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
                  "sampled": drawn_by(self.spec, trials)} | config_attrs(cfg)
         self._storage(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
-        self.running[trial_id] = Running(trial, time.time())
         return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
 
     def beat(self, trial: optuna.Trial) -> None:
@@ -153,6 +157,9 @@ class StudySearcher(Searcher):
     def beat_all(self) -> None:
         for run in list(self.running.values()):
             self.beat(run.trial)
+
+    def own_trials(self) -> set[int]:
+        return {run.trial.number for run in list(self.running.values())}
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the study is the record, and a rerun resumes from it (not Tuner.restore)."""
