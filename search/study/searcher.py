@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import optuna
@@ -146,7 +147,7 @@ class StudySearcher(Searcher):
         cfg = self._storage(lambda: sample(trial, self.spec.space)).replace(max_frames=self.max_frames)
         attrs = {"ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
                  "sampled": drawn_by(self.spec, trials)} | config_attrs(cfg)
-        self._storage(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self._set_attrs(trial, attrs)
         return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
 
     def beat(self, trial: optuna.Trial) -> None:
@@ -206,7 +207,7 @@ class StudySearcher(Searcher):
                       "niceness": seen.niceness}
         if last:
             attrs |= {"folds_evaluated": len(last.fold_ccc), "fold_ccc": last.fold_ccc, "target_ccc": last.target_ccc}
-        self._storage(lambda: [run.trial.set_user_attr(k, v) for k, v in attrs.items()])
+        self._set_attrs(run.trial, attrs)
         self._storage(lambda: self.study.tell(run.trial, value if state == TrialState.COMPLETE else None,
                                               state=state, skip_if_finished=True))
         self.told.append(run.trial.number)
@@ -220,6 +221,13 @@ class StudySearcher(Searcher):
         self._storage(lambda: run.trial.report(report.objective, step=int(report.train_frames)))
         run.steps.add(report.train_frames)
         run.last = report
+
+    def _set_attrs(self, trial: optuna.Trial, attrs: dict) -> None:
+        """One retried write per attribute: each is its own commit, so a retry after a dropped
+        connection goes on from the attribute that failed instead of writing them all again (under
+        repeated drops a whole batch could fail every attempt)."""
+        for key, value in attrs.items():
+            self._storage(partial(trial.set_user_attr, key, value))
 
     def _storage(self, call: Callable[[], T]) -> T:
         """Every storage call goes through here: timed for the overhead benchmark, retried if the
