@@ -22,7 +22,7 @@ from search.retrain.pipeline import Request, retrain_best
 from search.study.driver import open_study, run_study
 from search.study.file import load_study_file
 from search.study.searcher import DRIVER, StudySearcher, config_attrs, counts_against_budget, trial_config
-from search.study.storage import StorageError, open_storage
+from search.study.storage import APPLICATION_NAME, StorageError, open_storage
 from helpers import POSTGRES, free_port, get_json, open_page, study_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,12 @@ def pg_study():
         optuna.delete_study(study_name=name, storage=POSTGRES)
     except KeyError:
         pass
+
+
+def drop_service_connections(admin: psycopg.Connection) -> int:
+    """End every connection this service holds on the server (as a dropped network would); how many."""
+    return admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                         (APPLICATION_NAME,)).fetchone()[0]
 
 
 def test_drivers_opening_a_new_postgresql_database_at_once_all_succeed():
@@ -93,7 +99,7 @@ def test_every_attribute_of_a_trial_is_written_under_connections_dropped_every_f
     def drop_connections() -> None:
         with psycopg.connect(POSTGRES, autocommit=True, application_name="pytest-killer") as admin:
             while not stop.wait(0.25):
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'muse-search'")
+                drop_service_connections(admin)
     killer = threading.Thread(target=drop_connections)
     killer.start()
     try:
@@ -131,8 +137,7 @@ def test_dropped_postgresql_connections_lose_nothing(tiny_root, tmp_path, pg_stu
                 continue
             if any(t.state == TrialState.COMPLETE for t in trials):
                 before = before or {t.number: t.value for t in trials if t.state == TrialState.COMPLETE}
-                killed += admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                        "WHERE application_name = 'muse-search'").fetchone()[0]
+                killed += drop_service_connections(admin)
     output = driver.stdout.read()
     assert driver.returncode == 0, output[-3000:]
     assert killed > 0, "the driver's connections were terminated while it ran"
