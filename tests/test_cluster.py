@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from search.dashboard import serve
@@ -22,6 +23,7 @@ from search.retrain.pipeline import Request, retrain_best
 from search.study.driver import open_study, run_study
 from search.study.file import load_study_file
 from search.study.searcher import DRIVER, StudySearcher, config_attrs, counts_against_budget, trial_config
+from search.study.space import sample
 from search.study.storage import APPLICATION_NAME, StorageError, open_storage
 from helpers import POSTGRES, free_port, get_json, open_page, study_file
 
@@ -120,6 +122,30 @@ def test_every_attribute_of_a_trial_is_written_under_connections_dropped_every_f
             "driver": DRIVER, "ray_trial_id": f"ray-trial-{i}", "data_fingerprint": "data"}
         assert set(config_attrs(config["train"])) | {"sampled"} <= set(trial.user_attrs)
         assert trial_config(trial) == config["train"]
+
+
+def test_a_param_whose_answer_was_lost_after_its_commit_is_kept_by_the_retried_draw(tiny_root, tmp_path, pg_study,
+                                                                                   monkeypatch):
+    # A connection can drop between a commit and its answer. Drawn again, the param would differ from the
+    # stored one (Optuna ignores a second write of it) and the trial would train a config its params do not say.
+    spec = load_study_file(study_file(tmp_path, tiny_root, POSTGRES, study=pg_study))
+    storage = open_storage(POSTGRES)
+    lines: list[str] = []
+    study = open_study(storage, spec, "data", force=False, log=lines.append)
+    searcher = StudySearcher(study, storage, spec, max_frames=1000, data_fingerprint="data", log=lines.append)
+    write_param, lost = storage._set_trial_param, []
+
+    def commit_then_lose_the_answer(trial_id, name, *args):
+        write_param(trial_id, name, *args)
+        if name == "lr" and not lost:  # a float: drawn again, it would surely differ
+            lost.append(name)
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, psycopg.OperationalError("server closed the connection"))
+    monkeypatch.setattr(storage, "_set_trial_param", commit_then_lose_the_answer)
+    config = searcher.suggest("ray-trial-0")
+    assert lost == ["lr"] and any("storage connection lost" in line for line in lines)
+    trial = optuna.load_study(study_name=pg_study, storage=POSTGRES).trials[config["trial_number"]]
+    assert sample(optuna.trial.FixedTrial(trial.params), spec.space) == config["train"].replace(max_frames=0)
+    assert trial_config(trial) == config["train"]
 
 
 def test_dropped_postgresql_connections_lose_nothing(tiny_root, tmp_path, pg_study):

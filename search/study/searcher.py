@@ -144,11 +144,17 @@ class StudySearcher(Searcher):
         self.running[trial_id] = Running(trial, time.time())
         self._storage(lambda: trial.set_user_attr("driver", DRIVER))
         self.beat(trial)
-        cfg = self._storage(lambda: sample(trial, self.spec.space)).replace(max_frames=self.max_frames)
+        cfg = self._storage(partial(self._draw, trial)).replace(max_frames=self.max_frames)
         attrs = {"ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
                  "sampled": drawn_by(self.spec, trials)} | config_attrs(cfg)
         self._set_attrs(trial, attrs)
         return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
+
+    def _draw(self, trial: optuna.Trial) -> TrainConfig:
+        """sample() on a fresh view of the trial: a retry after a lost answer then keeps the params
+        whose writes did commit. Drawn again, they would differ from what the storage holds (Optuna
+        ignores a second write of a param), and the trial would train a config its params do not say."""
+        return sample(optuna.Trial(self.study, trial._trial_id), self.spec.space)
 
     def beat(self, trial: optuna.Trial) -> None:
         """Optuna's heartbeat for one of this driver's trials (it needs the trial's storage id, as Optuna's

@@ -130,8 +130,9 @@ def _prepare_sqlite(database: str | None, url: str) -> None:
 def retrying(call: Callable[[], T], log: Callable[[str], None] = print) -> T:
     """call(), again after a lost connection (the pool's pre-ping then hands out a fresh one).
 
-    Only for calls that are safe to repeat: Optuna's writes are (a param or attribute set twice
-    keeps its value; tell is called with skip_if_finished).
+    Only for calls that are safe to repeat: an attribute set twice keeps the second value, a param its
+    first (so a retried draw must reuse the params already stored: StudySearcher._draw), and tell is
+    called with skip_if_finished.
     """
     for wait in RETRY_WAITS_S:
         try:
