@@ -2,7 +2,7 @@
 valence study as shipped for a few minutes with nvidia-smi sampling: trials per hour, GPU use, memory.
 
     bench/gpu_check.sh OUT_DIR                                    # on a GPU machine, about 6 minutes
-    python -m bench.gpu_check OUT_DIR --device cpu --videos 14 --study-seconds 20   # the same path on CPUs
+    python -m bench.gpu_check OUT_DIR --device cpu --videos 14 --max-frames 300 --study-seconds 20   # on CPUs
 
 Writes OUT_DIR/summary.txt (the figures), OUT_DIR/study.log, OUT_DIR/smi.csv and OUT_DIR/study.db;
 the data set and caches go to a temporary folder.
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="where the figures and logs go")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="(default: %(default)s)")
     parser.add_argument("--videos", type=int, default=150, help="synthetic videos (default: %(default)s)")
+    parser.add_argument("--max-frames", type=int, default=3000,
+                        help="frames of the longest synthetic video (default: %(default)s, the generator's)")
     parser.add_argument("--study-seconds", type=float, default=240, help="study length (default: %(default)s)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = work / "data"
     start = time.time()
-    generate(root, videos=args.videos, seed=0)
+    generate(root, videos=args.videos, seed=0, min_frames=min(800, args.max_frames), max_frames=args.max_frames)
     say(f"data: {args.videos} synthetic videos in {time.time() - start:.0f} s")
     cores = os.cpu_count() or 1
     devices = [("cuda", 1), ("cpu", cores)] if args.device == "cuda" else [("cpu", cores)]
