@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
+import yaml
 from sqlalchemy.orm import Session
 
 from bench.sampler_seeds import searched
@@ -19,6 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def three_folds(tmp_path) -> str:
+    """The benchmarks' study file with 3 folds instead of 5: the same path, less training."""
+    doc = yaml.safe_load((REPO / "studies" / "accuracy.yaml").read_text())
+    doc["objective"]["folds"] = 3
+    path = tmp_path / "accuracy_3_folds.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
+
+
 def test_the_gpu_check_runs_on_cpus(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path / "out"), "--device", "cpu",
                           "--videos", "14", "--max-frames", "300", "--study-seconds", "5"], cwd=REPO, capture_output=True, text=True,
@@ -28,12 +39,13 @@ def test_the_gpu_check_runs_on_cpus(tmp_path):
     assert summary.count("epoch on cpu") == 3 and "trials/h" in summary
 
 
-def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path):
+def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
     root = tmp_path / "given"
     generate(root, videos=16, seed=5, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
     out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
-                          "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--others", "2", "--entry-in-folds",
+                          "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--others", "2",
+                          "--entry-in-folds",
                           "--storage", f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -75,13 +87,13 @@ def test_the_sampler_benchmark_refuses_a_negative_retrain_and_a_study_without_a_
         optuna.trial.TrialState.FAIL]  # nothing written to the study
 
 
-def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(tmp_path):
+def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(tmp_path, three_folds):
     root = tmp_path / "given"
     generate(root, videos=16, seed=6, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
     storage = f"sqlite:///{tmp_path / 'acc.db'}"
     command = [sys.executable, "-m", "bench.sampler_seeds", "--data", str(root), "--target", "arousal", "--seeds", "0",
-               "1", "--trials", "3", "--max-epochs", "2", "--storage", storage, "--retrain", "1",
+               "1", "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--storage", storage, "--retrain", "1",
                "--out", str(tmp_path / "retrain")]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
