@@ -34,38 +34,12 @@ from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage,
 from search.study.trainable import METRIC, TIME_ATTR, objective
 
 
-class TPEWithRandomDraws(optuna.samplers.TPESampler):
-    """EXPERIMENT: TPE except that a fixed fraction of trials is drawn at random (BOHB's rho)."""
-
-    def __init__(self, fraction: float, *, seed: int, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.fraction, self.base_seed = fraction, seed
-        self.uniform = optuna.samplers.RandomSampler(seed=seed + 10 ** 6)  # not TPE's own start-up stream
-        self.startup = kwargs["n_startup_trials"]
-
-    def _random(self, trial) -> bool:
-        # every third proposal after the start-up: a fraction of 1/3 without the draw's spread
-        return self.fraction > 0 and trial.number >= self.startup and (trial.number - self.startup) % 3 == 2
-
-    def infer_relative_search_space(self, study, trial):
-        return {} if self._random(trial) else super().infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return {} if self._random(trial) else super().sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, name, distribution):
-        if self._random(trial):
-            return self.uniform.sample_independent(study, trial, name, distribution)
-        return super().sample_independent(study, trial, name, distribution)
-
-
 def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # multivariate + group model the conditional space jointly; constant_liar keeps parallel
         # trials from all being proposed at the same promising point.
-        fraction = float(os.environ.get("MUSE_RANDOM_FRACTION", "0"))
-        return TPEWithRandomDraws(fraction, seed=seed, multivariate=True, group=True, constant_liar=True,
-                                  n_startup_trials=startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":  # CMA-ES samples numbers; categorical choices fall back to TPE
