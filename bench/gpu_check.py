@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="frames of the longest synthetic video (default: %(default)s, the generator's)")
     parser.add_argument("--study-seconds", type=float, default=240, help="study length (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.max_frames < 1:
+        parser.error(f"--max-frames: frames of the longest video, at least 1; got {args.max_frames}")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="muse-gpu-check-"))
     os.environ.setdefault("MUSE_CACHE_DIR", str(work / "cache"))
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = work / "data"
     start = time.time()
-    generate(root, videos=args.videos, seed=0, min_frames=min(800, args.max_frames), max_frames=args.max_frames)
+    generate(root, videos=args.videos, seed=0, min_frames=min(800, (args.max_frames + 1) // 2),
+             max_frames=args.max_frames)
     say(f"data: {args.videos} synthetic videos in {time.time() - start:.0f} s")
     cores = os.cpu_count() or 1
     devices = [("cuda", 1), ("cpu", cores)] if args.device == "cuda" else [("cpu", cores)]

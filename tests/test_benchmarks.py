@@ -32,11 +32,20 @@ def three_folds(tmp_path) -> str:
 
 def test_the_gpu_check_runs_on_cpus(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path / "out"), "--device", "cpu",
-                          "--videos", "14", "--max-frames", "300", "--study-seconds", "5"], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+                          "--videos", "14", "--max-frames", "300", "--study-seconds", "5"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert summary.count("epoch on cpu") == 3 and "trials/h" in summary
+
+
+def test_the_gpu_check_refuses_videos_without_frames(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path / "out"), "--max-frames", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("error: --max-frames: frames of the longest video, at least 1; "
+                                                         "got 0")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
@@ -44,8 +53,8 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
     generate(root, videos=16, seed=5, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
     out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
-                          "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--seeds", "2", "--others", "2",
-                          "--entry-in-folds",
+                          "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--seeds", "2",
+                          "--others", "2", "--entry-in-folds",
                           "--storage", f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -93,7 +102,8 @@ def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(t
              max_frames=350)
     storage = f"sqlite:///{tmp_path / 'acc.db'}"
     command = [sys.executable, "-m", "bench.sampler_seeds", "--data", str(root), "--target", "arousal", "--seeds", "0",
-               "1", "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--storage", storage, "--retrain", "1",
+               "1", "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--storage", storage,
+               "--retrain", "1",
                "--out", str(tmp_path / "retrain")]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
