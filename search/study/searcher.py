@@ -45,23 +45,9 @@ class RecordingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.CONTINUE and os.environ.get("MUSE_ASHA_RECHECK") and self._fell_behind(trial.trial_id):
-            decision = self.STOP
-            self._num_stopped += 1
         if decision == self.STOP:
             self.stopped.add(trial.trial_id)
         return decision
-
-    def _fell_behind(self, trial_id: str) -> bool:
-        """EXPERIMENT: the trial's value at the highest rung it reached is now below that rung's cutoff
-        over the other trials recorded there (the first to reach a rung passes it with no peers)."""
-        bracket = self._trial_info.get(trial_id)
-        for _, recorded in bracket._rungs if bracket else ():  # highest rung first
-            if trial_id in recorded:
-                others = {k: v for k, v in recorded.items() if k != trial_id}
-                cutoff = bracket.cutoff(others)
-                return cutoff is not None and recorded[trial_id] < cutoff
-        return False
 
 
 def counts_against_budget(trial: FrozenTrial) -> bool:
