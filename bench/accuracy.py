@@ -168,7 +168,7 @@ def trial_count(storage: str, study: str) -> int:
 def combinations(storage: str, study: str) -> Counter:
     import optuna
 
-    from search.study.searcher import trial_config
+    from search.study.record import trial_config
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
     return Counter("+".join(trial_config(t).feature_set) for t in trials if trial_config(t))
 
@@ -176,26 +176,23 @@ def combinations(storage: str, study: str) -> Counter:
 def rung_correlations(storage: str, spec) -> dict[str, tuple[float, int]]:
     """Spearman correlation, over the trials that ran every fold, between the value each ASHA rung saw
     and the final value: how well the early looks predict the end."""
-    import math
-
     import optuna
     from optuna.trial import TrialState
     from scipy.stats import spearmanr
 
-    from search.study.searcher import trial_config
+    from search.study.racing import rungs, rungs_per_fold
+    from search.study.record import trial_config
 
     trials = [t for t in optuna.load_study(study_name=spec.name, storage=storage).get_trials(deepcopy=False)
               if t.state == TrialState.COMPLETE]
     if len(trials) < 3:
         return {}
     frames = trial_config(trials[0]).max_frames
-    factor = spec.reduction_factor
-    per_fold = max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(factor) + 1e-9))
-    milestone, out = frames // factor ** per_fold, {}
-    while milestone < frames * spec.folds:
+    out = {}
+    for milestone in rungs(frames, frames // spec.reduction_factor ** rungs_per_fold(spec), spec.reduction_factor,
+                           spec.folds):
         seen = [next(v for s, v in sorted(t.intermediate_values.items()) if s >= milestone) for t in trials]
         out[f"{milestone / frames:.2f} folds"] = (float(spearmanr(seen, [t.value for t in trials]).statistic), len(trials))
-        milestone *= factor
     return out
 
 

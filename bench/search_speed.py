@@ -69,11 +69,10 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = load_study_file(args.study_file, {"storage": storage, "data": args.data})
     start = time.time()
-    summary = run_study(spec, log=print)
+    run_study(spec, log=print)
     hours = (time.time() - start) / 3600
     trials = optuna.load_study(study_name=spec.name, storage=storage).trials
     scheduling = [t.user_attrs["scheduling_s"] for t in trials if "scheduling_s" in t.user_attrs]
-    storage_s = summary["storage_s"] / max(1, len(trials))
 
     memory = {}
     for concurrent, cpu in ((1, 2.0), (4, 0.5)):
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'demo study: wall time, s':48s} {hours * 3600:.0f}")
     print(f"{'demo study: trials per hour':48s} {len(trials) / hours:.0f}")
     print(f"{'overhead per trial: scheduling, s (median/max)':48s} {statistics.median(scheduling):.2f} / {max(scheduling):.2f}")
-    print(f"{'overhead per trial: storage writes, s':48s} {storage_s:.3f}")
     print(f"{'corpus features in memory, GB':48s} {data_gb:.2f}")
     for n in (1, 4):
         print(f"{f'{n} trial(s) at a time: peak PSS of the Ray session, GB':48s} {memory[n][0]:.2f}")

@@ -50,17 +50,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from core.errors import run_command
     from core.threads import use_threads
+    from search import dashboard
     from search.study.driver import run_study
     from search.study.file import load_study_file
+    from search.study.storage import mask
 
     overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "train_frames",
                                                  "wall_time_s", "sampler", "seed", "pruner", "cpu", "gpu")}
 
     def body() -> None:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)
-        run_study(load_study_file(args.study_file, overrides), force=args.force, ray_address=args.ray_address,
-                  dashboard_port=args.dashboard, log=lambda line: print(line, flush=True))
+        log = lambda line: print(line, flush=True)  # noqa: E731
+        spec = load_study_file(args.study_file, overrides)
+        if args.dashboard:
+            dashboard.serve(spec.storage, args.dashboard, log=log, background=True)
+        run_study(spec, force=args.force, ray_address=args.ray_address, log=log)
+        hidden = " (its password is hidden here: give your own URL)" if mask(spec.storage) != spec.storage else ""
+        log(f"watch it: {pasteable(Path(sys.executable))} {pasteable(Path(dashboard.__file__))} {mask(spec.storage)}{hidden}")
     return run_command(body)
+
+
+def pasteable(path: Path) -> str:
+    """A path as a user can paste it here: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

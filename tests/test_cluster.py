@@ -22,7 +22,8 @@ from search.dashboard import serve
 from search.retrain.pipeline import Request, retrain_best
 from search.study.driver import open_study, run_study
 from search.study.file import load_study_file
-from search.study.searcher import DRIVER, StudySearcher, config_attrs, counts_against_budget, trial_config
+from search.study.record import config_attrs, counts_against_budget, trial_config
+from search.study.searcher import DRIVER, StudySearcher
 from search.study.space import sample
 from search.study.storage import APPLICATION_NAME, StorageError, open_storage
 from helpers import POSTGRES, free_port, get_json, open_page, study_file

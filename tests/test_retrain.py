@@ -20,7 +20,7 @@ from search.retrain.pipeline import Request, retrain_best
 from search.retrain.results import Evaluation, FoldRun, FusionResult, PredictionFile, TestLook, open_results
 from search.study.driver import run_study
 from search.study.file import load_study_file
-from search.study.searcher import trial_config
+from search.study.record import trial_config
 from search.study.storage import StorageError
 from helpers import open_page, study_file
 

@@ -18,7 +18,9 @@ from core.errors import ConfigError, DataError
 from core.muse_files import label_file, read_partition
 from search.study.driver import Heartbeat, open_study, run_study
 from search.study.file import StudySpec, load_study_file
-from search.study.searcher import StudySearcher, counts_against_budget, drawn_by, trial_config
+from search.study.record import counts_against_budget, trial_config
+from search.study.sampler import drawn_by
+from search.study.searcher import StudySearcher
 from search.study.space import parse_space, sample
 from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, open_storage
 from helpers import POSTGRES, free_port, get_json, study_file
@@ -333,9 +335,17 @@ def test_progress_lines_and_summary(finished_study):
     best = finished_study["study"].best_trial
     assert summary["best_trial"] == best.number and summary["best_value"] == best.value
     assert f"best: trial {best.number}, devel CCC arousal {best.value:.4f}" in log
-    watch = next(line for line in finished_study["log"] if line.startswith("watch it: ")).split()[2:]
+
+
+
+@e2e
+def test_the_command_says_how_to_watch_the_study(finished_study):
+    """The spent study runs nothing (no Ray): the command ends with a dashboard command that works as printed."""
+    out = subprocess.run([sys.executable, "search/run_study.py", str(finished_study["path"])],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    watch = next(line for line in out.splitlines() if line.startswith("watch it: ")).split()[2:]
     assert watch[-1] == finished_study["storage"]
-    assert subprocess.run(watch[:2] + ["--help"], capture_output=True).returncode == 0  # works as printed
+    assert subprocess.run(watch[:2] + ["--help"], capture_output=True, cwd=REPO).returncode == 0
 
 
 @e2e

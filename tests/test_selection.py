@@ -4,7 +4,7 @@ import optuna
 
 from core.config import TrainConfig
 from search.retrain.pipeline import Experiment, Request, select_candidates
-from search.study.searcher import config_attrs
+from search.study.record import config_attrs
 
 
 def _study(name: str, configs: list[tuple[float, TrainConfig]]) -> optuna.Study:

@@ -26,7 +26,7 @@ from core.errors import ConfigError
 from core.splits import Split
 from search.cluster import Resources
 from search.retrain.results import FoldRun, code_version
-from search.study.searcher import trial_config
+from search.study.record import trial_config
 from search.study.storage import retrying
 
 

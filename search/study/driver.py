@@ -9,10 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import math
 import os
 import secrets
-import sys
 import threading
 import time
 import warnings
@@ -20,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -28,42 +25,17 @@ from core.corpus import Corpus, load_corpus
 from core.errors import ConfigError
 from core.splits import Split, make_splits
 from search.study.file import StudySpec
-from search.study.searcher import (DRIVER, LEARNS_FROM, RecordingASHA, StudySearcher, budget_spent,
-                                   counts_against_budget, trial_config)
+from search.study.racing import fidelity, make_scheduler
+from search.study.record import counts_against_budget, trial_config
+from search.study.sampler import LEARNS_FROM, make_sampler
+from search.study.searcher import DRIVER, StudySearcher, budget_spent
 from search.study.storage import HEARTBEAT_S, STALE_AFTER_S, mask, open_storage, retrying
-from search.study.trainable import METRIC, TIME_ATTR, objective
-
-
-def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        # multivariate + group model the conditional space jointly; constant_liar keeps parallel
-        # trials from all being proposed at the same promising point.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=startup_trials)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":  # CMA-ES samples numbers; categorical choices fall back to TPE
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials,
-                                            independent_sampler=optuna.samplers.TPESampler(seed=seed))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, n_startup_trials=startup_trials)
-    raise ConfigError(f"sampler: unknown {name!r}")
+from search.study.trainable import objective
 
 
 def metric_name(spec: StudySpec) -> str:
     targets = " + ".join(spec.targets)
     return f"devel CCC {targets}" if spec.folds == 1 else f"CCC {targets}, mean over {spec.folds} folds of train+devel"
-
-
-def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int, int]:
-    """Training frames per fold (every trial's cap on each split) and ASHA's grace period, both in
-    training frames, so that a large batch and a small one are judged after the same work; the rungs
-    (grace * factor**k) fall on the end of a fold."""
-    per_pass = float(np.mean([corpus.lengths(s.train).sum() for s in splits]))
-    factor = spec.reduction_factor
-    rungs_per_fold = max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(factor) + 1e-9))
-    grace = max(1, round(per_pass * spec.max_epochs / factor ** rungs_per_fold))
-    return grace * factor ** rungs_per_fold, grace
 
 
 def fail_stale(study: optuna.Study, log: Callable[[str], None], own: Collection[int] = ()) -> list[int]:
@@ -171,75 +143,75 @@ def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_finge
 
 
 def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None = None,
-              dashboard_port: int | None = None, log: Callable[[str], None] = print,
-              trial_fn: Callable = objective) -> dict:
-    """Run or resume the study; trial_fn(config, corpus_ref, splits) is one trial (the scale benchmark swaps it)."""
+              log: Callable[[str], None] = print) -> dict:
+    """Run or resume the study: Ray Tune runs the trials, the study's searcher proposes and records them."""
     from ray import tune
 
     from search.cluster import check_memory, ensure_ray, fit_resources, put_corpus
-    from search.dashboard import serve
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     # heartbeats, metric names and fail_stale_trials are marked experimental; they are what we rely on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Data first: a study whose data is missing leaves no empty storage file behind.
-    corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite, log=log)
-    log(f"data {spec.data_root}: {corpus.describe()}")
-    try:
-        splits = make_splits(corpus, spec.folds, spec.fold_seed)
-    except ConfigError as e:
-        raise ConfigError(f"{spec.source}: objective.{e}") from None
+    corpus, splits = _load_data(spec, log)  # first: a study whose data is missing leaves no empty storage file
     storage = open_storage(spec.storage, heartbeat=True)
     study = open_study(storage, spec, corpus.fingerprint, force, log)
     started = time.time()
-    trials = study.get_trials(deepcopy=False)
-    if budget_spent(trials, spec) and not any(t.state == TrialState.RUNNING for t in trials):
-        log(f"study {spec.name!r}: its budget ({spec.trials} trials"
-            + (f", {spec.train_frames:,} training frames" if spec.train_frames else "")
-            + ") is spent; nothing to run (raise --trials or --train-frames to run more)")
+    if _nothing_to_run(study, spec, log):
         return summarize(study, spec, None, time.time() - started, log)
 
     frames_per_fold, grace = fidelity(spec, corpus, splits)
     ensure_ray(ray_address, log)
     resources = fit_resources(spec.cpu, spec.gpu, spec.max_concurrent, f"{spec.source}: resources", log)
     check_memory(corpus.data_bytes, resources, f"{spec.source}: resources")
-    if dashboard_port:
-        serve(spec.storage, dashboard_port, log=log, background=True)
-    max_t = frames_per_fold * len(splits)
-    if spec.pruner == "asha":
-        scheduler = RecordingASHA(time_attr=TIME_ATTR, metric=METRIC, mode="max", max_t=max_t, grace_period=grace,
-                                  reduction_factor=spec.reduction_factor)
-        pruned_by = scheduler.stopped.__contains__
-    else:
-        scheduler, pruned_by = tune.schedulers.FIFOScheduler(), (lambda trial_id: False)
+    scheduler, pruned_by = make_scheduler(spec, frames_per_fold * len(splits), grace)
     searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log)
+    log(f"study {spec.name!r}: up to {spec.trials} trials" + (f" over {len(splits)} folds" if len(splits) > 1 else "")
+        + f", each at most {spec.max_epochs} passes ({frames_per_fold:,} training frames) per fold; ASHA looks after "
+        f"{grace:,} frames, then every x{spec.reduction_factor}; {resources.concurrent} at a time "
+        f"({resources.cpu:g} CPU, {resources.gpu:g} GPU each)")
+    trainable = tune.with_resources(functools.partial(objective, corpus_ref=put_corpus(corpus), splits=splits),
+                                    {"cpu": resources.cpu, "gpu": resources.gpu})
+    del corpus  # the object store holds it now
     heartbeat = Heartbeat(study, searcher, log).start()
     try:
-        corpus_ref = put_corpus(corpus)
-        del corpus
-        folds = f" over {len(splits)} folds" if len(splits) > 1 else ""
-        log(f"study {spec.name!r}: up to {spec.trials} trials{folds}, each at most {spec.max_epochs} passes "
-            f"({frames_per_fold:,} training frames) per fold; ASHA looks after {grace:,} frames, then every "
-            f"x{spec.reduction_factor}; {resources.concurrent} at a time ({resources.cpu:g} CPU, {resources.gpu:g} GPU each)")
-        trainable = tune.with_resources(functools.partial(trial_fn, corpus_ref=corpus_ref, splits=splits),
-                                        {"cpu": resources.cpu, "gpu": resources.gpu})
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
-        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the study is the record: no per-result files
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ... so Tune finds none
-        ray_results = Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray"  # Ray's own per-trial files
-        tuner = tune.Tuner(trainable,
-                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
-                                                       max_concurrent_trials=resources.concurrent,
-                                                       # a new trial reuses a finished one's process: no
-                                                       # seconds of worker start and torch import each time
-                                                       reuse_actors=True, trial_dirname_creator=_trial_dirname),
-                           run_config=tune.RunConfig(name=spec.name, storage_path=str(ray_results.resolve()),
-                                                     verbose=0))
-        tuner.fit()
+        tune.Tuner(trainable,
+                   tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                               max_concurrent_trials=resources.concurrent,
+                                               # a new trial reuses a finished one's process: no seconds of
+                                               # worker start and torch import each time
+                                               reuse_actors=True, trial_dirname_creator=_trial_dirname),
+                   run_config=tune.RunConfig(name=spec.name, storage_path=_ray_results(), verbose=0)).fit()
     finally:
         heartbeat.stop()
     return summarize(study, spec, searcher, time.time() - started, log)
+
+
+def _load_data(spec: StudySpec, log: Callable[[str], None]) -> tuple[Corpus, list[Split]]:
+    corpus = load_corpus(spec.data_root, spec.space.feature_sets(), spec.targets, nonfinite=spec.nonfinite, log=log)
+    log(f"data {spec.data_root}: {corpus.describe()}")
+    try:
+        return corpus, make_splits(corpus, spec.folds, spec.fold_seed)
+    except ConfigError as e:
+        raise ConfigError(f"{spec.source}: objective.{e}") from None
+
+
+def _nothing_to_run(study: optuna.Study, spec: StudySpec, log: Callable[[str], None]) -> bool:
+    trials = study.get_trials(deepcopy=False)
+    if not budget_spent(trials, spec) or any(t.state == TrialState.RUNNING for t in trials):
+        return False
+    log(f"study {spec.name!r}: its budget ({spec.trials} trials"
+        + (f", {spec.train_frames:,} training frames" if spec.train_frames else "")
+        + ") is spent; nothing to run (raise --trials or --train-frames to run more)")
+    return True
+
+
+def _ray_results() -> str:
+    """Where Tune keeps its own per-trial files; the study is the record, so Tune's tables and loggers are off."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our progress lines replace Tune's tables
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-result files...
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ... so Tune finds none
+    return str((Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray").resolve())
 
 
 def _trial_dirname(trial) -> str:
@@ -253,8 +225,7 @@ def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | No
     states = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
     told = searcher.told if searcher else []
     summary = {"study": spec.name, "storage": mask(spec.storage), "trials": len(trials), "states": states,
-               "trials_this_run": len(told), "seconds": round(seconds, 1),
-               "storage_s": round(searcher.storage_s, 3) if searcher else 0.0}
+               "trials_this_run": len(told), "seconds": round(seconds, 1)}
     log(f"study {spec.name!r}: {len(trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
         f"{len(told)} finished in this run, in {seconds:.0f} s")
     drawn = Counter(t.user_attrs["sampled"] for t in trials if "sampled" in t.user_attrs)
@@ -272,15 +243,4 @@ def summarize(study: optuna.Study, spec: StudySpec, searcher: StudySearcher | No
         log(f"best: trial {best.number}, {metric_name(spec)} {best.value:.4f}")
         log("  " + " ".join(f"{k}={v}" for k, v in best.params.items()))
     log(f"stored in {mask(spec.storage)}")
-    hidden = " (its password is hidden here: give your own URL)" if mask(spec.storage) != spec.storage else ""
-    dashboard = Path(__file__).resolve().parents[1] / "dashboard.py"
-    log(f"watch it: {_pasteable(Path(sys.executable))} {_pasteable(dashboard)} {mask(spec.storage)}{hidden}")
     return summary
-
-
-def _pasteable(path: Path) -> str:
-    """A path as a user can paste it here: relative to the working directory when inside it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

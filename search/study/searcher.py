@@ -23,11 +23,12 @@ from typing import TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from core.config import TrainConfig
 from search.study.file import StudySpec
+from search.study.record import config_attrs, counts_against_budget
+from search.study.sampler import drawn_by
 from search.study.space import format_params, sample
 from search.study.storage import mask, retrying
 from search.study.trainable import METRIC, TrialReport
@@ -36,61 +37,10 @@ T = TypeVar("T")
 DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as its trials and the study name it
 
 
-class RecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped: Ray marks those done just like finished ones."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.stopped: set[str] = set()
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP:
-            self.stopped.add(trial.trial_id)
-        return decision
-
-
-def counts_against_budget(trial: FrozenTrial) -> bool:
-    """Every trial that ran counts; a FAIL without a stop reason was failed as stale (its driver died)."""
-    return trial.state != TrialState.WAITING and not (
-        trial.state == TrialState.FAIL and "stop_reason" not in trial.user_attrs)
-
-
 def budget_spent(trials: list[FrozenTrial], spec: StudySpec) -> bool:
     """The trials that count reached the budget's trials, or all trials its training frames (their progress)."""
     frames = sum(max(t.intermediate_values, default=0) for t in trials)
     return sum(counts_against_budget(t) for t in trials) >= spec.trials or frames >= (spec.train_frames or math.inf)
-
-
-# The trials each model-based sampler learns from: TPE counts ASHA's pruned trials (at their last
-# value), Optuna's GP and CMA-ES samplers only completed ones.
-LEARNS_FROM = {"tpe": (TrialState.COMPLETE, TrialState.PRUNED), "gp": (TrialState.COMPLETE,),
-               "cmaes": (TrialState.COMPLETE,)}
-
-
-def drawn_by(spec: StudySpec, before: list[FrozenTrial]) -> str:
-    """How the sampler chooses the trial asked after `before`: "enqueued" (a start_from config),
-    "model", or "random" (random search, or a start-up draw while fewer trials it learns from have
-    finished than its n_startup_trials)."""
-    if any(t.state == TrialState.WAITING for t in before):
-        return "enqueued"
-    states = LEARNS_FROM.get(spec.sampler)
-    if states is None or sum(t.state in states for t in before) < spec.startup_trials:
-        return "random"
-    return "model"
-
-
-CONFIG = "config."  # a trial's training config is one user attribute per field: short lines in the dashboard
-
-
-def config_attrs(cfg: TrainConfig) -> dict:
-    return {CONFIG + k: v for k, v in cfg.to_dict().items()}
-
-
-def trial_config(trial: FrozenTrial) -> TrainConfig | None:
-    """The training config a trial ran with (None for a trial that never started)."""
-    values = {k.removeprefix(CONFIG): v for k, v in trial.user_attrs.items() if k.startswith(CONFIG)}
-    return TrainConfig.from_dict(values) if values else None
 
 
 def now_iso() -> str:
@@ -118,7 +68,6 @@ class StudySearcher(Searcher):
         self.running: dict[str, Running] = {}
         self.told: list[int] = []
         self.waiting_logged = False
-        self.storage_s = 0.0  # time spent in storage calls, for the overhead benchmark
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.deadline and time.time() > self.deadline:
@@ -236,13 +185,9 @@ class StudySearcher(Searcher):
             self._storage(partial(trial.set_user_attr, key, value))
 
     def _storage(self, call: Callable[[], T]) -> T:
-        """Every storage call goes through here: timed for the overhead benchmark, retried if the
-        connection drops (PostgreSQL restarted, a proxy closed it)."""
-        start = time.perf_counter()
-        try:
-            return retrying(call, self.log)
-        finally:
-            self.storage_s += time.perf_counter() - start
+        """Every storage call goes through here: retried if the connection drops (PostgreSQL
+        restarted, a proxy closed it)."""
+        return retrying(call, self.log)
 
     def __getstate__(self) -> dict:
         """Tune pickles its searcher to disk for Tuner.restore, which resuming here does not use (the
