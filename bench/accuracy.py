@@ -87,7 +87,7 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
     common = {"storage": args.storage, "data": root, "target": target, "trials": args.trials,
               "max_epochs": args.max_epochs}
     print(f"\n==== data set {name} ({DATASETS.get(name, root)}), target {target} ====", flush=True)
-    log = _prefixed(prefix)
+    log = prefixed(prefix)
     specs = {"tpe": load_study_file(args.study_file, common | {"study": f"{prefix}_tpe"})}
     run_study(specs["tpe"], log=log)
     # random search at equal compute: as many training frames as the TPE study used, whatever the trials
@@ -133,7 +133,7 @@ def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str
     plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
                 Resources(1, 0, 2), 1, args.out)
     candidate = Candidate(study, None, None, config, {}, corpus.fingerprint)
-    runs = retrain(engine, [candidate], list(range(args.seeds)), plan, _prefixed(study))[candidate.key]
+    runs = retrain(engine, [candidate], list(range(args.seeds)), plan, prefixed(study))[candidate.key]
     record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
     labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]
     return {"devel": [r.objective for r in runs], "test": [ccc(r.test[:, 0], labels) for r in runs]}
@@ -239,7 +239,7 @@ def _single(label: str, out: dict, target: str) -> tuple:
             row["mean"] - test["mean"])
 
 
-def _prefixed(prefix: str):
+def prefixed(prefix: str):
     def log(line: str) -> None:
         print(f"[{prefix}] {line}", flush=True)
     return log

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.accuracy import DATASETS, STUDY_FILE, _prefixed, require_test_labels, train_frames, trial_count
+from bench.accuracy import DATASETS, STUDY_FILE, prefixed, require_test_labels, train_frames, trial_count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +76,11 @@ def benchmark(args: argparse.Namespace) -> None:
         # not the accuracy benchmark's studies: a retrain here would be the test look recorded for them
         prefix = f"acc_{name}_{args.target}_seed{seed}"
         tpe = load_study_file(args.study_file, common | {"study": f"{prefix}_tpe", "seed": seed})
-        run_study(tpe, log=_prefixed(tpe.name))
+        run_study(tpe, log=prefixed(tpe.name))
         rnd = load_study_file(args.study_file, common | {
             "study": f"{prefix}_random_frames", "sampler": "random", "trials": 1000, "seed": seed,
             "train_frames": train_frames(args.storage, tpe.name)})
-        run_study(rnd, log=_prefixed(rnd.name))
+        run_study(rnd, log=prefixed(rnd.name))
         rows.append((seed, *(searched(args, spec.name) for spec in (tpe, rnd))))
 
     print(f"\n{name} / {args.target}: best value (mean CCC over folds of train+devel), TPE vs random at equal frames")
@@ -113,7 +113,7 @@ def searched(args: argparse.Namespace, study: str) -> Search:
     out = Search(loaded.best_value, trial_count(args.storage, study), train_frames(args.storage, study))
     if args.retrain:
         retrained = retrain_best(Request(study, args.storage, top_k=1, seeds=args.retrain, out_dir=args.out),
-                                 log=_prefixed(study))
+                                 log=prefixed(study))
         out.cv, out.test = float(retrained["ranking"].iloc[0]["mean"]), retrained["test_ccc"]
     return out
 
