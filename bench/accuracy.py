@@ -114,25 +114,23 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
 
 def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str) -> dict:
     """The entry's config trained the entry's way (train, early stopping on devel), with the seeds; test looked at once."""
-    import numpy as np
-
     from bench.entry import entry_config
     from core.corpus import load_corpus
     from core.metrics import ccc
-    from core.splits import make_splits, pool
-    from search.cluster import Resources, ensure_ray, put_corpus
-    from search.retrain.pipeline import test_labels
+    from search.cluster import Resources, ensure_ray
+    from search.retrain.holdout import test_labels
     from search.retrain.results import open_results, record_look
-    from search.retrain.runs import Candidate, Plan, retrain
+    from search.retrain.runs import plan_runs, retrain
+    from search.retrain.select import Candidate
 
     config = entry_config(target)
     corpus = load_corpus(root, config.feature_set, [target])
     ensure_ray(None, print)
     engine = open_results(args.storage)
     study = f"{prefix}_entry_protocol"
-    plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, 1), pool(corpus, 1), "folds=1 seed=0",
-                Resources(1, 0, 2), 1, args.out)
-    candidate = Candidate(study, None, None, config, {}, corpus.fingerprint)
+    plan = plan_runs(corpus, folds=1, fold_seed=0, resources=Resources(cpu=1, gpu=0, concurrent=2), out_dir=args.out)
+    candidate = Candidate(study=study, trial=None, search_value=None, config=config, params={},
+                          fingerprint=corpus.fingerprint)
     runs = retrain(engine, [candidate], list(range(args.seeds)), plan, prefixed(study))[candidate.key]
     record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
     labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]

@@ -28,7 +28,7 @@ class Split:
         return np.array_equal(self.select, self.score)
 
 
-def pool(corpus: Corpus, folds: int) -> np.ndarray:
+def pooled_videos(corpus: Corpus, folds: int) -> np.ndarray:
     """The videos whose out-of-split predictions a protocol yields: devel for one fold, train + devel for K."""
     partitions = ("devel",) if folds == 1 else ("train", "devel")
     return np.concatenate([np.arange(*corpus.partition_videos[p]) for p in partitions])
@@ -39,7 +39,7 @@ def make_splits(corpus: Corpus, folds: int, seed: int = 0) -> list[Split]:
     if folds == 1:
         devel = np.arange(*corpus.partition_videos["devel"])
         return [Split("devel", np.arange(*corpus.partition_videos["train"]), devel, devel)]
-    videos = pool(corpus, folds)
+    videos = pooled_videos(corpus, folds)
     if folds < 3:
         raise ConfigError(f"folds: {folds} folds leave no fold to select epochs on; use 1 (train/devel as "
                           "given) or 3 or more", field="folds")

@@ -39,6 +39,7 @@ def main_job(args: argparse.Namespace) -> None:
     from core.synthetic import generate, settings_of, written_with
     from core.threads import use_threads
     from search.retrain.pipeline import Request, retrain_best
+    from search.run_study import watch_line
     from search.study.driver import run_study
     from search.study.file import load_study_file
 
@@ -64,6 +65,7 @@ def main_job(args: argparse.Namespace) -> None:
     spec = load_study_file(args.study_file, {"data": args.data, "storage": args.storage})
     start = phase("study", f"python search/run_study.py {args.study_file} --data {args.data}")
     run_study(spec, log=log)
+    log(watch_line(spec.storage))
     times["study"] = time.time() - start
 
     start = phase("retrain-best, fusion, test, report",

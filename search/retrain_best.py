@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.threads import use_threads
     from search.retrain.pipeline import Request, retrain_best
 
-    request = Request(args.study, args.storage, args.top_k, args.seeds, args.fuse, args.inputs_from, args.epochs,
-                      args.data, args.cpu, args.gpu, args.ray_address, args.out, args.new_test_evaluation)
+    request = Request(study=args.study, storage=args.storage, top_k=args.top_k, seeds=args.seeds, fuse=args.fuse,
+                      inputs_from=args.inputs_from, epochs=args.epochs, data=args.data, cpu=args.cpu, gpu=args.gpu,
+                      ray_address=args.ray_address, out_dir=args.out, new_test_evaluation=args.new_test_evaluation)
 
     def body() -> None:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)

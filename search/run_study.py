@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     from search import dashboard
     from search.study.driver import run_study
     from search.study.file import load_study_file
-    from search.study.storage import mask
 
     overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "train_frames",
                                                  "wall_time_s", "sampler", "seed", "pruner", "cpu", "gpu")}
@@ -65,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.dashboard:
             dashboard.serve(spec.storage, args.dashboard, log=log, background=True)
         run_study(spec, force=args.force, ray_address=args.ray_address, log=log)
-        hidden = " (its password is hidden here: give your own URL)" if mask(spec.storage) != spec.storage else ""
-        log(f"watch it: {pasteable(Path(sys.executable))} {pasteable(Path(dashboard.__file__))} {mask(spec.storage)}{hidden}")
+        log(watch_line(spec.storage))
     return run_command(body)
+
+
+def watch_line(storage: str) -> str:
+    """The dashboard command for this storage, as a user can paste it here."""
+    from search import dashboard
+    from search.study.storage import mask
+
+    hidden = " (its password is hidden here: give your own URL)" if mask(storage) != storage else ""
+    return f"watch it: {pasteable(Path(sys.executable))} {pasteable(Path(dashboard.__file__))} {mask(storage)}{hidden}"
 
 
 def pasteable(path: Path) -> str:

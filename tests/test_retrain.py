@@ -139,12 +139,12 @@ def test_test_is_looked_at_once_and_a_rerun_shows_the_stored_result(studies, eva
 
 
 def test_a_look_is_counted_even_when_the_run_dies_right_after_it(studies, monkeypatch):
-    from search.retrain import pipeline
+    from search.retrain import holdout
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while reading test labels")
 
-    monkeypatch.setattr(pipeline, "test_labels", crash)
+    monkeypatch.setattr(holdout, "test_labels", crash)
     with pytest.raises(RuntimeError, match="killed while reading"):
         retrain_best(request(studies, "valence_text", top_k=1, seeds=1), log=lambda line: None)
     assert [look.number for look in rows(studies["engine"], TestLook, study="valence_text")] == [1]
@@ -257,15 +257,15 @@ def test_storages_that_cannot_serve_leave_nothing_behind(studies, tmp_path):
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(studies):
     from core.corpus import load_corpus
-    from core.splits import make_splits, pool
-    from search.cluster import Resources, put_corpus
-    from search.retrain.runs import Candidate, Plan, retrain
+    from search.cluster import Resources
+    from search.retrain.runs import plan_runs, retrain
+    from search.retrain.select import Candidate
     from search.study.file import StudySpec
     study = optuna.load_study(study_name="valence", storage=studies["storage"])
     spec = StudySpec.from_record(study.user_attrs["spec"], studies["storage"])
     corpus = load_corpus(spec.data_root, ["egemaps", "fasttext"], ["valence"])
-    plan = Plan(corpus, put_corpus(corpus), make_splits(corpus, 3), pool(corpus, 3), "folds=3 seed=0",
-                Resources(1, 0, 2), 1, studies["folder"] / "failing")
+    plan = plan_runs(corpus, folds=3, fold_seed=0, resources=Resources(cpu=1, gpu=0, concurrent=2),
+                     out_dir=studies["folder"] / "failing")
     good = trial_config(study.best_trial)
     ok = Candidate("failing", 0, None, good, {}, "f")
     bad = Candidate("failing", 1, None, good.replace(feature_set=("vggish",), normalize=()), {}, "f")  # not loaded

@@ -15,6 +15,7 @@ On test, weighted means use weights fit on all pooled videos; the LSTM is the me
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from core.metrics import ccc
+from search.retrain.experiment import Experiment
+from search.retrain.runs import SeedRun
+from search.retrain.select import Candidate
 
 
 @dataclass
@@ -56,8 +60,9 @@ class Fused:
 
 
 @dataclass
-class Pool:
-    """The pooled videos' frames and labels, and the folds of videos fusions are cross-validated over."""
+class FusionData:
+    """What fusions are fit and scored on: the pooled videos' labels and frame bounds, the test videos'
+    bounds, and the folds of pooled videos fusions are cross-validated over."""
     labels: np.ndarray  # (pooled frames, targets)
     bounds: np.ndarray  # n + 1 offsets of the pooled videos' frames
     test_bounds: np.ndarray
@@ -74,31 +79,31 @@ class Pool:
 NOTHING_FIT = "nothing fit: CCC of the out-of-split predictions of the pooled videos"
 
 
-def mean_of(method: str, streams: list[Stream], pool: Pool) -> Fused:
+def mean_of(method: str, streams: list[Stream], data: FusionData) -> Fused:
     """The equal mean of the streams of each target: nothing is fit."""
-    oof, test = _columns(streams, pool.targets, "oof"), _columns(streams, pool.targets, "test")
+    oof, test = _columns(streams, data.targets, "oof"), _columns(streams, data.targets, "test")
     oof = np.stack([x.mean(axis=1) for x in oof], axis=1)
     test = np.stack([x.mean(axis=1) for x in test], axis=1)
-    return Fused(method, NOTHING_FIT, oof, test, pool.scores(oof), None, streams)
+    return Fused(method, NOTHING_FIT, oof, test, data.scores(oof), None, streams)
 
 
-def weighted(method: str, streams: list[Stream], pool: Pool, fit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fused:
+def weighted(method: str, streams: list[Stream], data: FusionData, fit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fused:
     """A weighted mean per target, weights from fit(x, y) on the other folds; on test, fit on all."""
-    oof_cols, test_cols = _columns(streams, pool.targets, "oof"), _columns(streams, pool.targets, "test")
-    oof = np.empty_like(pool.labels, dtype=np.float32)
+    oof_cols, test_cols = _columns(streams, data.targets, "oof"), _columns(streams, data.targets, "test")
+    oof = np.empty_like(data.labels, dtype=np.float32)
     test, weights = [], {}
-    for j, target in enumerate(pool.targets):
-        x, y = oof_cols[j], pool.labels[:, j]
-        for held_out in pool.folds:
-            rows = pool.rows(held_out)
+    for j, target in enumerate(data.targets):
+        x, y = oof_cols[j], data.labels[:, j]
+        for held_out in data.folds:
+            rows = data.rows(held_out)
             train = np.ones(len(y), bool)
             train[rows] = False
             oof[rows, j] = x[rows] @ fit(x[train], y[train])
         w = fit(x, y)
         weights[target] = w.tolist()
         test.append(test_cols[j] @ w)
-    return Fused(method, f"{len(pool.folds)}-fold cross-validation over the pooled videos", oof,
-                 np.stack(test, axis=1).astype(np.float32), pool.scores(oof), weights, streams)
+    return Fused(method, f"{len(data.folds)}-fold cross-validation over the pooled videos", oof,
+                 np.stack(test, axis=1).astype(np.float32), data.scores(oof), weights, streams)
 
 
 def ccc_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -116,34 +121,90 @@ def fitted_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def lstm(streams: list[Stream], pool: Pool, run_folds: Callable[[np.ndarray, np.ndarray], list]) -> Fused:
-    """The entry's fusion model over every stream (other targets' too), one fit per fold of the pool.
+def lstm(streams: list[Stream], data: FusionData, run_folds: Callable[[np.ndarray, np.ndarray], list]) -> Fused:
+    """The entry's fusion model over every stream (other targets' too), one fit per fold of the data.
     run_folds(x, x_test) -> [(held-out predictions, test predictions)] runs fit_fold for each fold (in parallel)."""
     x = np.stack([s.oof for s in streams], axis=1).astype(np.float32)
     x_test = np.stack([s.test for s in streams], axis=1).astype(np.float32)
-    oof = np.empty_like(pool.labels, dtype=np.float32)
+    oof = np.empty_like(data.labels, dtype=np.float32)
     tests = []
-    for held_out, (held_out_preds, test_preds) in zip(pool.folds, run_folds(x, x_test)):
-        oof[pool.rows(held_out)] = held_out_preds
+    for held_out, (held_out_preds, test_preds) in zip(data.folds, run_folds(x, x_test)):
+        oof[data.rows(held_out)] = held_out_preds
         tests.append(test_preds)
-    return Fused("lstm", f"{len(pool.folds)}-fold cross-validation over the pooled videos; on test the mean of "
-                         "the fold models", oof, np.mean(tests, axis=0), pool.scores(oof), None, streams)
+    return Fused("lstm", f"{len(data.folds)}-fold cross-validation over the pooled videos; on test the mean of "
+                         "the fold models", oof, np.mean(tests, axis=0), data.scores(oof), None, streams)
 
 
-def fit_fold(x: np.ndarray, x_test: np.ndarray, pool: Pool, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """One LSTM fusion fit on the pooled videos but those of pool.folds[fold]; its predictions of those
+def fit_fold(x: np.ndarray, x_test: np.ndarray, data: FusionData, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM fusion fit on the pooled videos but those of data.folds[fold]; its predictions of those
     and of test. A Ray task of one CPU thread in retrain-best, so the folds are fit in parallel."""
     from core.fusion import fit_fusion_model, predict_fusion
     from core.threads import use_threads
 
     use_threads(1)
-    held_out = pool.folds[fold]
-    keep = np.setdiff1d(np.arange(len(pool.bounds) - 1), held_out)
-    model = fit_fusion_model(x, pool.labels, pool.bounds, keep, seed=fold)
-    return (predict_fusion(model, x, pool.bounds, held_out),
-            predict_fusion(model, x_test, pool.test_bounds, np.arange(len(pool.test_bounds) - 1)))
+    held_out = data.folds[fold]
+    keep = np.setdiff1d(np.arange(len(data.bounds) - 1), held_out)
+    model = fit_fusion_model(x, data.labels, data.bounds, keep, seed=fold)
+    return (predict_fusion(model, x, data.bounds, held_out),
+            predict_fusion(model, x_test, data.test_bounds, np.arange(len(data.test_bounds) - 1)))
 
 
 def _columns(streams: list[Stream], targets: tuple[str, ...], part: str) -> list[np.ndarray]:
     """Per target, its own (not extra) streams side by side: (frames, streams)."""
     return [np.stack([getattr(s, part) for s in streams if s.target == t and not s.extra], axis=1) for t in targets]
+
+
+def fuse(exp: Experiment, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
+         chosen: Candidate) -> list[Fused]:
+    """The chosen config's seed ensemble, then every fusion method, each scored on out-of-fold predictions
+    of the pooled videos."""
+    import ray
+
+    plan = exp.plan
+    data = FusionData(exp.pooled_labels(), np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
+                      plan.corpus.bounds("test"), _folds(exp), exp.targets)
+    extra = set(exp.request.inputs_from) - {exp.request.study, *exp.request.fuse}
+    streams = [s for name, cs in candidates.items() for c in cs if runs[c.key]
+               for s in seed_ensemble_streams(c, runs[c.key], extra=name in extra)]
+    own = [s for s in streams if not s.extra]
+    fusions = [mean_of("chosen", [s for s in own if s.config_key == chosen.key], data)]
+    if len({s.config_key for s in own}) < 2:
+        exp.log("fusion: one config only, so only its seed ensemble is formed")
+        return fusions
+    fusions += [mean_of("mean", own, data), weighted("weighted_ccc", own, data, ccc_weights),
+                weighted("weighted_fitted", own, data, fitted_weights)]
+    task = ray.remote(fit_fold).options(num_cpus=1)
+
+    def run_folds(x: np.ndarray, x_test: np.ndarray) -> list:
+        start, refs = time.time(), [ray.put(a) for a in (x, x_test, data)]
+        pending = {task.remote(*refs, k): k for k in range(len(data.folds))}
+        done = {}
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            done[pending.pop(ready)] = ray.get(ready)
+            exp.log(f"  lstm fusion: fold {len(done)}/{len(data.folds)} fit ({time.time() - start:.0f}s)")
+        return [done[k] for k in range(len(data.folds))]
+
+    exp.log(f"fusion: {len(own)} input(s) ({len(streams) - len(own)} extra for the LSTM), "
+            f"{len(data.folds)} folds over {len(plan.pooled)} pooled videos")
+    fusions.append(lstm(streams, data, run_folds))
+    for f in fusions:
+        exp.log(f"  {f.method:16s} out-of-fold CCC {f.score:.4f}")
+    return fusions
+
+
+def seed_ensemble_streams(c: Candidate, runs: list[SeedRun], extra: bool) -> list[Stream]:
+    """A config's seed ensemble (the mean over its seeds), one stream per target."""
+    oof, test = np.mean([r.oof for r in runs], axis=0), np.mean([r.test for r in runs], axis=0)
+    return [Stream(c.study, c.trial, c.key, t, oof[:, j], test[:, j], extra)
+            for j, t in enumerate(c.config.emo_dim_set)]
+
+
+def _folds(exp: Experiment) -> list[np.ndarray]:
+    """Positions (in pooled order) of the videos each split scores; with one split, 5 random folds of them."""
+    plan = exp.plan
+    if len(plan.splits) > 1:
+        position = {v: i for i, v in enumerate(plan.pooled.tolist())}
+        return [np.array([position[v] for v in s.score.tolist()]) for s in plan.splits]
+    order = np.random.default_rng(0).permutation(len(plan.pooled))
+    return [np.sort(f) for f in np.array_split(order, min(5, len(plan.pooled))) if len(f)]

@@ -17,9 +17,8 @@ import plotly.offline
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from core.corpus import Corpus
 from search.retrain.fusion import Fused
-from search.retrain.runs import pool_rows
+from search.retrain.runs import Plan
 
 COLORS = ("#222222", "#1f77b4", "#d62728")
 
@@ -37,56 +36,13 @@ class ReportData:
     results: pd.DataFrame  # singles and fusions: out-of-fold and test CCC per target
     chosen: Fused  # the chosen config's seed ensemble
     delivered: Fused  # the method whose predictions are the default CSVs
-    corpus: Corpus
-    pool: np.ndarray  # the pooled videos (out-of-fold predictions)
-    pool_labels: np.ndarray
+    plan: Plan  # the corpus, the pooled videos and their rows
+    pooled_labels: np.ndarray
     test_labels: np.ndarray | None
 
 
 def write_report(path: Path, data: ReportData) -> Path:
-    trials = data.study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    objective = (f"mean CCC over {data.folds} folds of train + devel videos" if data.folds > 1
-                 else "devel CCC")
-    sections = [
-        ("Search: every trial's value", _history(trials),
-         f"Each point is a trial's value ({objective}). Filled points finished; hollow ones were stopped early "
-         "by ASHA (pruned) and show the value they had then, on fewer epochs or folds; crosses failed. The line is "
-         "the best finished trial so far."),
-        ("Search: parameter importances", _optuna_plot(optuna.visualization.plot_param_importances, data.study),
-         f"How much of the variation of the value each parameter explains (Optuna's default evaluator), estimated "
-         f"from the {len(complete)} finished trials: with few trials, read it as a hint, not a finding."),
-        ("Search: parallel coordinates", _optuna_plot(_parallel, data.study),
-         "One line per finished trial through its parameter values, coloured by its value: where the good lines "
-         "bunch, the search found a good region."),
-        ("Top configs retrained with several seeds", _figure(_seed_spread(data.ranking)),
-         "Each point is one seed's value of a config, retrained as in the search. The chosen config is the best "
-         "mean over seeds, so it can differ from the search's best trial, whose single value may have been a "
-         "lucky seed."),
-        ("Top configs, ranked by their mean over seeds", _table(data.ranking.drop(columns=["config_key", "run ids",
-                                                                                           "per seed"])),
-         "search value: the trial's value in the search (one seed); mean, std, min: over the retrained seeds."),
-        ("Singles and fusions", _table(data.results),
-         f"pooled: CCC over the out-of-fold predictions of every pooled video ({'train + devel' if data.folds > 1 else 'devel'}), "
-         "the protocol every fusion is scored with (fitted ones cross-validated over the same folds); test: "
-         f"scored once, after everything was chosen. Delivered as the default predictions: {data.delivered.method} "
-         "(the best pooled score)."),
-    ]
-    devel = np.arange(*data.corpus.partition_videos["devel"])
-    rows = pool_rows(data.corpus, data.pool)
-    devel_rows = np.concatenate([rows[v] for v in devel.tolist()])
-    parts = [("devel", devel, data.pool_labels[devel_rows], data.chosen.oof[devel_rows], data.delivered.oof[devel_rows])]
-    if data.test_labels is not None:
-        parts.append(("test", np.arange(*data.corpus.partition_videos["test"]), data.test_labels, data.chosen.test,
-                      data.delivered.test))
-    for name, videos, labels, chosen, delivered in parts:
-        sections.append((f"Predictions against labels: {name} videos",
-                         _figure(_traces(data, videos, labels, [("chosen config", chosen),
-                                                                (f"delivered: {data.delivered.method}", delivered)])),
-                         "The three longest videos: the label (black), the chosen config's seed ensemble and the "
-                         "delivered predictions over time"
-                         + (" (out of fold: each video predicted by models that did not train on it)."
-                            if name == "devel" and data.folds > 1 else ".")))
+    sections = _search_sections(data) + _retrain_sections(data) + _prediction_sections(data)
     warning = ""
     if data.look > 1:
         warning = (f"<p class=warn>Test was looked at {data.look} times for this study: scores after the first "
@@ -106,6 +62,64 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} .warn{{color:#a0
 </body></html>
 """)
     return path
+
+
+Section = tuple[str, str, str]  # title, HTML content, what it shows and how to read it
+
+
+def _search_sections(data: ReportData) -> list[Section]:
+    trials = data.study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    objective = f"mean CCC over {data.folds} folds of train + devel videos" if data.folds > 1 else "devel CCC"
+    return [
+        ("Search: every trial's value", _history(trials),
+         f"Each point is a trial's value ({objective}). Filled points finished; hollow ones were stopped early "
+         "by ASHA (pruned) and show the value they had then, on fewer epochs or folds; crosses failed. The line is "
+         "the best finished trial so far."),
+        ("Search: parameter importances", _optuna_plot(optuna.visualization.plot_param_importances, data.study),
+         f"How much of the variation of the value each parameter explains (Optuna's default evaluator), estimated "
+         f"from the {len(complete)} finished trials: with few trials, read it as a hint, not a finding."),
+        ("Search: parallel coordinates", _optuna_plot(_parallel, data.study),
+         "One line per finished trial through its parameter values, coloured by its value: where the good lines "
+         "bunch, the search found a good region."),
+    ]
+
+
+def _retrain_sections(data: ReportData) -> list[Section]:
+    return [
+        ("Top configs retrained with several seeds", _figure(_seed_spread(data.ranking)),
+         "Each point is one seed's value of a config, retrained as in the search. The chosen config is the best "
+         "mean over seeds, so it can differ from the search's best trial, whose single value may have been a "
+         "lucky seed."),
+        ("Top configs, ranked by their mean over seeds", _table(data.ranking.drop(columns=["config_key", "run ids",
+                                                                                           "per seed"])),
+         "search value: the trial's value in the search (one seed); mean, std, min: over the retrained seeds; "
+         "failed seeds: seeds whose runs failed, so the config is ranked on fewer seeds than asked."),
+        ("Singles and fusions", _table(data.results),
+         f"pooled: CCC over the out-of-fold predictions of every pooled video ({'train + devel' if data.folds > 1 else 'devel'}), "
+         "the protocol every fusion is scored with (fitted ones cross-validated over the same folds); test: "
+         f"scored once, after everything was chosen. Delivered as the default predictions: {data.delivered.method} "
+         "(the best pooled score)."),
+    ]
+
+
+def _prediction_sections(data: ReportData) -> list[Section]:
+    corpus = data.plan.corpus
+    devel = np.asarray(corpus.videos("devel"))
+    devel_rows = data.plan.rows(devel)
+    parts = [("devel", devel, data.pooled_labels[devel_rows], data.chosen.oof[devel_rows],
+              data.delivered.oof[devel_rows])]
+    if data.test_labels is not None:
+        parts.append(("test", np.asarray(corpus.videos("test")), data.test_labels, data.chosen.test,
+                      data.delivered.test))
+    return [(f"Predictions against labels: {name} videos",
+             _figure(_traces(data, videos, labels, [("chosen config", chosen),
+                                                    (f"delivered: {data.delivered.method}", delivered)])),
+             "The three longest videos: the label (black), the chosen config's seed ensemble and the "
+             "delivered predictions over time"
+             + (" (out of fold: each video predicted by models that did not train on it)."
+                if name == "devel" and data.folds > 1 else "."))
+            for name, videos, labels, chosen, delivered in parts]
 
 
 def _history(trials: list) -> str:
@@ -167,7 +181,7 @@ def _seed_spread(ranking: pd.DataFrame) -> go.Figure:
 
 def _traces(data: ReportData, videos: np.ndarray, labels: np.ndarray, lines: list[tuple[str, np.ndarray]]) -> go.Figure:
     """Label and prediction lines over time, for the three longest of these videos."""
-    corpus = data.corpus
+    corpus = data.plan.corpus
     lengths = corpus.lengths(videos)
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     longest = sorted(np.argsort(-lengths, kind="stable")[:3])

@@ -8,6 +8,7 @@ counted, and counted once.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
 import subprocess
@@ -117,6 +118,7 @@ class PredictionFile(Provenance, Base):
     frames: Mapped[int]
 
 
+@functools.cache  # one process runs one code version: no git subprocess for every stored run
 def code_version() -> str:
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True,

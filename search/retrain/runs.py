@@ -11,41 +11,20 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import optuna
-from optuna.trial import TrialState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import TrainConfig
 from core.corpus import Corpus
-from core.errors import ConfigError
-from core.splits import Split
-from search.cluster import Resources
+from core.splits import Split, make_splits, pooled_videos
+from search.cluster import Resources, put_corpus
 from search.retrain.results import FoldRun, code_version
-from search.study.record import trial_config
+from search.retrain.select import Candidate
 from search.study.storage import retrying
-
-
-@dataclass
-class Candidate:
-    study: str
-    trial: int | None  # None for a config given directly (the entry's)
-    search_value: float | None  # its value in the search (one seed: the lucky one, maybe)
-    config: TrainConfig  # as it is retrained (epochs and frame cap included)
-    params: dict  # what the search sampled, for people to read
-    fingerprint: str  # of the study's data: its runs are keyed by it
-
-    @property
-    def key(self) -> str:
-        return self.config.key()
-
-    @property
-    def label(self) -> str:
-        return f"{self.study}#{self.trial}"
 
 
 @dataclass
@@ -68,33 +47,32 @@ class Plan:
     corpus: Corpus  # without test labels
     corpus_ref: object  # the same corpus in Ray's object store
     splits: list[Split]
-    pool: np.ndarray  # video indices whose out-of-split predictions the splits yield
+    pooled: np.ndarray  # the pooled videos: those whose out-of-split predictions the splits yield
     protocol: str
     resources: Resources
     threads: int
     out_dir: Path
+    video_rows: dict[int, np.ndarray] = field(init=False)  # each pooled video's rows in arrays over pooled frames
+
+    def __post_init__(self) -> None:
+        lengths = self.corpus.lengths(self.pooled)
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.video_rows = {v: np.arange(f, f + n) for v, f, n in zip(self.pooled.tolist(), first.tolist(),
+                                                                     lengths.tolist())}
+
+    def rows(self, videos) -> np.ndarray:
+        """Rows of these pooled videos (corpus indices) in arrays over pooled frames, in the order given."""
+        return np.concatenate([self.video_rows[v] for v in np.asarray(videos).tolist()])
+
+    def labels(self, targets: tuple[str, ...]) -> np.ndarray:
+        """(pooled frames, targets) labels."""
+        return self.corpus.labels_for(self.pooled)[:, [self.corpus.targets.index(t) for t in targets]]
 
 
-def top_configs(study: optuna.Study, k: int, epochs: int | None, fingerprint: str,
-                log: Callable[[str], None]) -> list[Candidate]:
-    """The k best COMPLETE trials whose training configs differ (a config sampled twice counts once),
-    as they will be retrained: with `epochs` (and a frame cap scaled alike) when given."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if trial_config(t)]
-    if not complete:
-        raise ConfigError(f"study {study.study_name!r} has no completed trials to retrain")
-    chosen: dict[str, Candidate] = {}
-    for t in sorted(complete, key=lambda t: -t.value):
-        config = trial_config(t)
-        if epochs:
-            config = config.replace(epochs=epochs, max_frames=config.max_frames * epochs // config.epochs)
-        candidate = Candidate(study.study_name, t.number, t.value, config, t.params, fingerprint)
-        chosen.setdefault(candidate.key, candidate)
-        if len(chosen) == k:
-            break
-    if len(chosen) < k:
-        log(f"--top-k {k}: study {study.study_name!r} has only {len(chosen)} distinct completed configs; "
-            f"retraining those")
-    return list(chosen.values())
+def plan_runs(corpus: Corpus, *, folds: int, fold_seed: int, resources: Resources, out_dir: Path) -> Plan:
+    """The plan for runs on `folds` splits of this corpus (1: train/devel as given), drawn with `fold_seed`."""
+    return Plan(corpus, put_corpus(corpus), make_splits(corpus, folds, fold_seed), pooled_videos(corpus, folds),
+                f"folds={folds} seed={fold_seed}", resources, threads=max(1, int(resources.cpu)), out_dir=out_dir)
 
 
 def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int) -> dict:
@@ -156,29 +134,21 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
 
 def _seed_runs(c: Candidate, seeds: list[int], stored: dict, plan: Plan) -> list[SeedRun]:
     """The seeds of a candidate whose runs finished on every split, assembled over the pool."""
-    rows_of = pool_rows(plan.corpus, plan.pool)
     out = []
     for seed in seeds:
         rows = [stored.get((c.key, seed, s.name)) for s in plan.splits]
         if any(r is None for r in rows):
             continue
-        oof = np.empty((sum(len(r) for r in rows_of.values()), len(c.config.emo_dim_set)), np.float32)
+        oof = np.empty((len(plan.rows(plan.pooled)), len(c.config.emo_dim_set)), np.float32)
         tests = []
         for split, row in zip(plan.splits, rows):
             folder = Path(row.predictions)
-            oof[np.concatenate([rows_of[v] for v in split.score.tolist()])] = np.load(folder / "score.npy")
+            oof[plan.rows(split.score)] = np.load(folder / "score.npy")
             tests.append(np.load(folder / "test.npy"))
         targets = c.config.emo_dim_set
         out.append(SeedRun(seed, [r.id for r in rows], [float(np.mean(list(r.score_ccc.values()))) for r in rows],
                            {t: [r.score_ccc[t] for r in rows] for t in targets}, oof, np.mean(tests, axis=0)))
     return out
-
-
-def pool_rows(corpus: Corpus, pool: np.ndarray) -> dict[int, np.ndarray]:
-    """Each pooled video's rows in arrays over the pool's frames (videos in pool order)."""
-    lengths = corpus.lengths(pool)
-    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return {v: np.arange(f, f + n) for v, f, n in zip(pool.tolist(), first.tolist(), lengths.tolist())}
 
 
 def _where(c: Candidate, seed: int, split: Split, plan: Plan):
