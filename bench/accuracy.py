@@ -1,23 +1,25 @@
-"""Accuracy on data the search never saw: the entry's config vs the search's choice vs fusion vs random search.
+"""Accuracy on data the search never saw: the entry's config vs the search's choice vs what is delivered
+vs random search, each test figure with a bootstrap interval over test videos.
 
-    python -m bench.accuracy [--sets s40 s60 s80] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
+    python -m bench.accuracy [--sets s40 s60 s80 ceap] [--targets valence arousal] [--storage sqlite:///runs/accuracy.db]
     python -m bench.accuracy --data ROOT       # an existing data set instead (real MuSe files, say)
 
-Per synthetic data set (other seeds, lags, noise levels and sizes than the data the project was
-built on) and target:
-- the entry's README config, trained as the entry did (train on train, early stopping on devel, 100
-  epochs), 5 seeds: devel CCC (selected on devel, so optimistic) and test CCC;
-- with --entry-in-folds, the same config under the service's protocol too (a study of that one
-  config: 5 folds of train+devel with the study's frame cap, retrained with 3 seeds, each seed's 5
-  fold models averaged on test; 15 more trainings, so off by default to keep a set and target in 45 min);
-- the TPE study (studies/accuracy.yaml, started from the entry's config), retrain-best of its top 2
-  configs with 5 seeds: the chosen config and the best fusion;
-- a random-search study at equal compute (the same folds, caps and ASHA, trials until it has trained
-  as many frames as the TPE study), retrain-best of its top config with 3 seeds.
-Each line shows CV (or devel) CCC, test CCC (mean ± std over seeds) and the drop from one to the other.
-Then: training frames per study (equal compute), how often each feature-set combination was tried,
-and the rank correlation between the values at each ASHA rung and the final values. Every look at
-test is recorded in the study database. Everything is stored, so a rerun continues where it stopped.
+Per data set and target, with N seeds everywhere (--seeds):
+- the entry's README config, trained as the entry did (train on train, early stopping on devel);
+- the same config under the service's protocol (a study of that one config: K folds of train+devel with
+  the study's frame cap, retrained like the searched configs; --no-entry-in-folds leaves it out);
+- the TPE study (studies/accuracy.yaml, started from the entry's config) and a random-search study at
+  equal compute (the same folds, caps and ASHA, its own seed stream, trials until it has trained as
+  many frames as the TPE study), each retrained alike: top --top-k configs x N seeds, fused, the
+  delivered method chosen by retrain-best's rule.
+Every row shows one CV statistic (CCC of the seed ensemble's out-of-fold predictions of the pooled
+videos; for the entry's protocol, of its devel predictions, on which it also chose its epochs) and
+the test CCC of the seed ensemble with its 95 % interval over test videos (one seed's mean ± std
+beside it). Differences against the entry and TPE - random are paired: the same test videos drawn
+for both sides. Looks at a test set are counted across study names and printed with the results.
+The synthetic sets use other seeds, lags, noise levels and sizes than the data the project was
+built on; ceap is the real CEAP-360VR set (../shared/data/ceap, development only, never shipped).
+Everything is stored, so a rerun continues where it stopped.
 """
 from __future__ import annotations
 
@@ -32,13 +34,17 @@ DATASETS = {  # name: generator settings (synthetic.generate's arguments)
     "s60": dict(videos=60, seed=102, lag=4, noise=0.8, min_frames=600, max_frames=1800),
     "s80": dict(videos=80, seed=103, lag=12, noise=1.2, min_frames=500, max_frames=1500),
 }
-STUDY_FILE = Path(__file__).resolve().parents[1] / "studies" / "accuracy.yaml"
+REPO = Path(__file__).resolve().parents[1]
+STUDY_FILE = REPO / "studies" / "accuracy.yaml"
+# name: data root, study file, the feature sets the entry's config reads there
+REAL_SETS = {"ceap": (REPO.parent / "shared" / "data" / "ceap", REPO / "studies" / "accuracy_ceap.yaml", ("view",))}
+RANDOM_SEED_OFFSET = 1000  # random search draws from a stream of its own, not TPE's start-up draws
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
-                        help="synthetic data sets (default: all)")
+    parser.add_argument("--sets", nargs="+", default=list(DATASETS), choices=[*DATASETS, *REAL_SETS],
+                        help="synthetic data sets, or ceap (default: the synthetic ones)")
     parser.add_argument("--data", help="an existing data root to use instead of the synthetic sets (default: none)")
     parser.add_argument("--targets", nargs="+", default=["valence", "arousal"], help="targets (default: both)")
     parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
@@ -47,38 +53,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
     parser.add_argument("--trials", type=int, help="study budget (default: the study file's)")
     parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
-    parser.add_argument("--seeds", type=int, default=5,
-                        help="seeds of the search's configs and of the entry's protocol (default: %(default)s)")
-    parser.add_argument("--others", type=int, default=3,
-                        help="seeds of random search's config and of the entry's config in folds (default: %(default)s)")
-    parser.add_argument("--entry-in-folds", action="store_true",
-                        help="also retrain the entry's config under the service's protocol (default: off)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of every retrained config (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=2, help="configs each search retrains (default: %(default)s)")
+    parser.add_argument("--entry-in-folds", action=argparse.BooleanOptionalAction, default=True,
+                        help="also retrain the entry's config under the service's protocol (default: on)")
     args = parser.parse_args(argv)
     from core.errors import run_command
     return run_command(lambda: benchmark(args))
 
 
 def benchmark(args: argparse.Namespace) -> None:
+    from bench.entry import ENTRY_VALENCE
     from core.synthetic import generate, settings_of, written_with
     from core.threads import use_threads
 
     use_threads(1)
     results = []
-    roots = {Path(args.data).name: args.data} if args.data else {name: f"{args.data_dir}/{name}" for name in args.sets}
-    for name, root in roots.items():
-        if not args.data and written_with(root) != settings_of(**DATASETS[name]):
+    entry_sets = ENTRY_VALENCE.feature_set
+    sets = ({Path(args.data).name: (args.data, args.study_file, entry_sets)} if args.data else
+            {name: REAL_SETS.get(name, (f"{args.data_dir}/{name}", args.study_file, entry_sets)) for name in args.sets})
+    for name, (root, study_file, feature_sets) in sets.items():
+        if name in DATASETS and not args.data and written_with(root) != settings_of(**DATASETS[name]):
             generate(root, **DATASETS[name])
-        require_test_labels(root, args.targets, "the accuracy benchmark")
+        require_test_labels(str(root), args.targets, "the accuracy benchmark")
         for target in args.targets:
             start = time.time()
-            results.append(one(args, name, root, target) | {"minutes": (time.time() - start) / 60})
+            results.append(one(args, name, str(root), str(study_file), feature_sets, target)
+                           | {"minutes": (time.time() - start) / 60})
             report(results[-1:])
     print("\n==== all data sets ====")
     report(results)
 
 
-def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
+def one(args: argparse.Namespace, name: str, root: str, study_file: str, feature_sets: tuple[str, ...],
+        target: str) -> dict:
     """Every model of one data set and target; prints as it goes."""
+    from core.predictions import read_predictions
     from search.retrain.pipeline import Request, retrain_best
     from search.study.driver import run_study
     from search.study.file import load_study_file
@@ -88,42 +98,51 @@ def one(args: argparse.Namespace, name: str, root: str, target: str) -> dict:
               "max_epochs": args.max_epochs}
     print(f"\n==== data set {name} ({DATASETS.get(name, root)}), target {target} ====", flush=True)
     log = prefixed(prefix)
-    specs = {"tpe": load_study_file(args.study_file, common | {"study": f"{prefix}_tpe"})}
+    specs = {"tpe": load_study_file(study_file, common | {"study": f"{prefix}_tpe"})}
     run_study(specs["tpe"], log=log)
     # random search at equal compute: as many training frames as the TPE study used, whatever the trials
-    specs["random"] = load_study_file(args.study_file, common | {
+    specs["random"] = load_study_file(study_file, common | {
         "study": f"{prefix}_random_frames", "sampler": "random", "trials": 1000,
-        "train_frames": train_frames(args.storage, specs["tpe"].name)})
-    arms = [("tpe", 2, args.seeds), ("random", 1, args.others)]
+        "seed": specs["tpe"].seed + RANDOM_SEED_OFFSET, "train_frames": train_frames(args.storage, specs["tpe"].name)})
+    arms = [("tpe", args.top_k), ("random", args.top_k)]
     if args.entry_in_folds:
-        specs["entry"] = load_study_file(args.study_file, common | {"study": f"{prefix}_entry", "trials": 1,
-                                                                    "pruner": "none"})
-        arms.append(("entry", 1, args.others))
-    for kind, _, _ in arms[1:]:
+        specs["entry"] = load_study_file(study_file, common | {"study": f"{prefix}_entry", "trials": 1,
+                                                               "pruner": "none"})
+        arms.append(("entry", 1))
+    for kind, _ in arms[1:]:
         run_study(specs[kind], log=log)
-    out = {kind: retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=seeds, out_dir=args.out),
-                              log=log)
-           for kind, top_k, seeds in arms}
+    out = {kind: retrain_best(Request(specs[kind].name, args.storage, top_k=top_k, seeds=args.seeds,
+                                      out_dir=args.out), log=log)
+           for kind, top_k in arms}
     searches = ("tpe", "random")
-    return {"set": name, "target": target, "entry_protocol": entry_protocol(args, root, target, prefix),
-            **out, "frames": {k: train_frames(args.storage, specs[k].name) for k in searches},
+    entry = entry_protocol(args, root, feature_sets, target, prefix)
+    test = test_set(args.storage, root, feature_sets[0], target)  # after every look, to count them all
+    for kind in out:  # read back from the files delivered, as a user would (also after a rerun shows them)
+        look = Path(out[kind]["report"]).parent
+        out[kind]["test_predictions"] = {m: read_predictions(look / "methods" / m, test["corpus"], "test", (target,))
+                                         for m in out[kind]["cv"]}
+    return {"set": name, "target": target, "entry_protocol": entry, **out, "test": test,
+            "frames": {k: train_frames(args.storage, specs[k].name) for k in searches},
             "trials": {k: trial_count(args.storage, specs[k].name) for k in searches},
             "combinations": combinations(args.storage, specs["tpe"].name),
             "rungs": rung_correlations(args.storage, specs["tpe"])}
 
 
-def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str) -> dict:
-    """The entry's config trained the entry's way (train, early stopping on devel), with the seeds; test looked at once."""
+def entry_protocol(args: argparse.Namespace, root: str, feature_sets: tuple[str, ...], target: str,
+                   prefix: str) -> dict:
+    """The entry's config trained the entry's way (train, early stopping on devel), with the seeds; test looked
+    at once. Its seed ensemble's devel and test predictions, and each seed's test predictions."""
+    import numpy as np
+
     from bench.entry import entry_config
     from core.corpus import load_corpus
     from core.metrics import ccc
     from search.cluster import Resources, ensure_ray
-    from search.retrain.holdout import test_labels
     from search.retrain.results import open_results, record_look
     from search.retrain.runs import plan_runs, retrain
     from search.retrain.select import Candidate
 
-    config = entry_config(target)
+    config = entry_config(target, feature_sets)
     corpus = load_corpus(root, config.feature_set, [target])
     ensure_ray(None, print)
     engine = open_results(args.storage)
@@ -132,9 +151,22 @@ def entry_protocol(args: argparse.Namespace, root: str, target: str, prefix: str
     candidate = Candidate(study=study, trial=None, search_value=None, config=config, params={},
                           fingerprint=corpus.fingerprint)
     runs = retrain(engine, [candidate], list(range(args.seeds)), plan, prefixed(study))[candidate.key]
-    record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did")
-    labels = test_labels(root, config.feature_set[0], (target,), print)[:, 0]
-    return {"devel": [r.objective for r in runs], "test": [ccc(r.test[:, 0], labels) for r in runs]}
+    record_look(engine, study, "accuracy benchmark: the entry's config, trained as the entry did",
+                corpus.fingerprint_of((), (target,)))
+    devel = np.mean([r.oof for r in runs], axis=0)[:, 0]
+    return {"devel_ccc": ccc(devel, plan.labels((target,))[:, 0]), "seeds": [r.test[:, 0] for r in runs],
+            "test": np.mean([r.test for r in runs], axis=0)[:, 0]}
+
+
+def test_set(storage: str, root: str, feature_set: str, target: str) -> dict:
+    """The test labels, where each test video's frames are, and how often this test set was looked at (by
+    every study: this benchmark's and any other on the same data and target)."""
+    from core.corpus import load_corpus
+    from search.retrain.results import looks_at, open_results
+
+    corpus = load_corpus(root, [feature_set], [target], test_labels=True)
+    return {"corpus": corpus, "labels": corpus.labels_of("test")[:, 0], "bounds": corpus.bounds("test"),
+            "looks": looks_at(open_results(storage), corpus.fingerprint_of((), (target,)))}
 
 
 def require_test_labels(root: str, targets: list[str], what: str) -> None:
@@ -195,34 +227,42 @@ def rung_correlations(storage: str, spec) -> dict[str, tuple[float, int]]:
 
 
 def report(results: list[dict]) -> None:
+    """Per set and target: one row per model (CV statistic, test CCC of the seed ensemble with its interval,
+    one seed's test CCC), then the paired differences that decide the benchmark's targets."""
     import numpy as np
 
-    def ms(values) -> str:
-        return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+    from core.bootstrap import interval, paired_interval
 
     for r in results:
-        target = r["target"]
-        entry, tpe, rnd = r["entry_protocol"], r["tpe"], r["random"]
-        fused = {m: t[target] for m, t in tpe["fusions"].items()}
-        best = tpe["delivered"]
-        rows = [("entry config, entry's protocol (devel)", ms(entry["devel"]), ms(entry["test"]),
-                 np.mean(entry["devel"]) - np.mean(entry["test"])),
-                _single("search (TPE): chosen config", tpe, target),
-                (f"search (TPE): delivered ({best})", f"{tpe['cv'][best][target]:.4f}", f"{fused[best]:.4f}",
-                 tpe["cv"][best][target] - fused[best]),
-                _single("random search: chosen config", rnd, target)]
+        target, labels, bounds = r["target"], r["test"]["labels"], r["test"]["bounds"]
+        tpe, rnd = r["tpe"], r["random"]
+        rows = {"entry config, entry's protocol (devel)": _entry_row(r["entry_protocol"], labels)}
         if "entry" in r:
-            rows.append(_single("entry config, service protocol", r["entry"], target))
-        print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min)")
-        print(f"  {'model':44s} {'CV or devel CCC':18s} {'test CCC (seeds)':18s} drop")
-        for label, cv, test, drop in rows:
-            print(f"  {label:44s} {cv:18s} {test:18s} {drop:+.4f}")
-        base = np.mean(entry["test"])
-        chosen = tpe["test_ccc"][target]["mean"]
-        print(f"  chosen - entry (test): {chosen - base:+.4f} (target +0.05); delivered - entry: "
-              f"{fused[best] - base:+.4f} (target +0.08); best fusion - entry: {max(fused.values()) - base:+.4f}")
-        print(f"  drop chosen - drop entry: {rows[1][3] - rows[0][3]:+.4f} (target <= +0.01); "
-              f"TPE - random (test): {chosen - rnd['test_ccc'][target]['mean']:+.4f} (target >= 0)")
+            rows["entry config, service protocol"] = _row(r["entry"], "chosen", target)
+        for out, label in ((tpe, "search (TPE)"), (rnd, "random search")):
+            rows[f"{label}: chosen config"] = _row(out, "chosen", target)
+            rows[f"{label}: delivered ({out['delivered']})"] = _row(out, out["delivered"], target)
+        print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min; this test set looked at {r['test']['looks']} "
+              "times by all studies)")
+        print(f"  {'model':44s} {'CV CCC':>7s} {'test CCC [95 % over videos]':>29s} {'one seed (test)':>17s}")
+        for label, (cv, preds, single) in rows.items():
+            shown = interval(preds, labels, bounds)
+            print(f"  {label:44s} {cv:7.4f} {shown.estimate:8.4f} [{shown.low:.4f}, {shown.high:.4f}] "
+                  + (f"{np.mean(single):8.4f} ± {np.std(single):.4f}" if single else f"{'-':>8s}"))
+        entry = rows["entry config, entry's protocol (devel)"][1]
+        delivered, chosen = _column(tpe["test_predictions"][tpe["delivered"]]), _column(tpe["test_predictions"]["chosen"])
+        pairs = [("TPE chosen - entry", chosen, entry, "target >= +0.05"),
+                 ("TPE delivered - entry", delivered, entry, "target >= +0.08"),
+                 ("TPE delivered - TPE chosen", delivered, chosen, "target >= -0.005"),
+                 ("TPE chosen - random chosen", chosen, _column(rnd["test_predictions"]["chosen"]), "not a target"),
+                 ("TPE delivered - random delivered", delivered, _column(rnd["test_predictions"][rnd["delivered"]]),
+                  "not a target")]
+        for label, a, b, goal in pairs:
+            d = paired_interval(a, b, labels, bounds)
+            print(f"  {label:34s} {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] (paired over test videos; {goal})")
+        nested, scored = tpe["nested"], interval(delivered, labels, bounds).estimate
+        print(f"  TPE delivered: nested-CV estimate {nested['estimate']:.4f} [{nested['low']:.4f}, {nested['high']:.4f}]"
+              f", test {scored:.4f}: {'inside' if nested['low'] <= scored <= nested['high'] else 'outside'} it")
         print(f"  training frames: TPE {r['frames']['tpe']:,}, random {r['frames']['random']:,} "
               f"({r['trials']['tpe']} and {r['trials']['random']} trials)")
         print(f"  feature sets tried (TPE): {dict(r['combinations'])}")
@@ -230,11 +270,20 @@ def report(results: list[dict]) -> None:
               + ", ".join(f"{k}: {rho:+.2f} (n={n})" for k, (rho, n) in r["rungs"].items()))
 
 
-def _single(label: str, out: dict, target: str) -> tuple:
-    row = out["ranking"].iloc[0]
-    test = out["test_ccc"][target]
-    return (label, f"{row['mean']:.4f} ± {row['std']:.4f}", f"{test['mean']:.4f} ± {test['std']:.4f}",
-            row["mean"] - test["mean"])
+def _row(out: dict, method: str, target: str) -> tuple:
+    """A retrained search's method: its CV CCC (seed ensemble, out of fold over the pooled videos), its test
+    predictions and, for the chosen config, each seed's test CCC."""
+    single = out["test_ccc"][target]["per_seed"] if method == "chosen" else []
+    return out["cv"][method][target], _column(out["test_predictions"][method]), single
+
+
+def _entry_row(entry: dict, labels) -> tuple:
+    from core.metrics import ccc
+    return entry["devel_ccc"], entry["test"], [ccc(p, labels) for p in entry["seeds"]]
+
+
+def _column(preds):
+    return preds[:, 0] if preds.ndim == 2 else preds
 
 
 def prefixed(prefix: str):

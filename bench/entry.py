@@ -18,5 +18,6 @@ ENTRY_VALENCE = TrainConfig(feature_set=("egemaps", "fasttext"), emo_dim_set=("v
                             lr=5e-3, min_lr=1e-5, seed=43)
 
 
-def entry_config(target: str) -> TrainConfig:
-    return ENTRY_VALENCE.replace(emo_dim_set=(target,))
+def entry_config(target: str, feature_sets: tuple[str, ...] = ENTRY_VALENCE.feature_set) -> TrainConfig:
+    """The entry's config for this target, on these feature sets (a data set without egemaps and fasttext)."""
+    return ENTRY_VALENCE.replace(emo_dim_set=(target,), feature_set=feature_sets, normalize=feature_sets)

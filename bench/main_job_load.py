@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         if out.returncode != 0:
             sys.exit(f"the main job failed ({label}):\n{out.stderr[-3000:]}")
         phases = dict(re.findall(r"^(data|study|retrain-best)\s+(\d+)$", out.stdout, re.M))
-        fusion = re.findall(r"lstm fusion: fold \d+/\d+ fit \((\d+)s\)", out.stdout)
+        fusion = re.findall(r"lstm fusion: fit \d+/\d+ \((\d+)s\)", out.stdout)
         runs[label] = (seconds, phases, int(fusion[-1]) if fusion else None)
         print(f"{label}: {seconds:.0f} s in all; " + ", ".join(f"{k} {v} s" for k, v in phases.items())
               + f"; LSTM fusion {runs[label][2]} s", flush=True)

@@ -54,14 +54,20 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
              max_frames=350)
     out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
                           "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--seeds", "2",
-                          "--others", "2", "--entry-in-folds",
                           "--storage", f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for line in ("entry config, entry's protocol (devel)", "search (TPE): chosen config", "random search: chosen config",
-                 "entry config, service protocol",
+                 "search (TPE): delivered (", "entry config, service protocol", "TPE delivered - entry",
+                 "TPE chosen - random chosen", "(paired over test videos;", "TPE delivered: nested-CV estimate",
                  "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values"):
         assert line in out.stdout, line
+    # every look at this test set is counted, whichever study made it: TPE, random, entry in folds, entry's way
+    assert "this test set looked at 4 times by all studies" in out.stdout.split("==== all data sets ====")[1]
+    seeds = {f"acc_given_arousal_{arm}": optuna.load_study(study_name=f"acc_given_arousal_{arm}",
+                                                          storage=f"sqlite:///{tmp_path / 'acc.db'}").user_attrs
+             for arm in ("tpe", "random_frames")}
+    assert seeds["acc_given_arousal_random_frames"]["spec"]["seed"] != seeds["acc_given_arousal_tpe"]["spec"]["seed"]
 
 
 def test_benchmarks_that_score_on_test_refuse_a_data_set_without_test_labels_before_training(tmp_path):

@@ -293,12 +293,12 @@ def test_two_processes_cannot_take_the_same_look_at_test(pg_study):
     from search.retrain.results import TestLook, looks, open_results, record_look
     engine = open_results(POSTGRES)
     try:
-        first = record_look(engine, pg_study, "first")
+        first = record_look(engine, pg_study, "first", "t")
         with Session(engine) as other:  # a second process, between counting and committing its look
             other.add(TestLook(study=pg_study, number=2, purpose="other", host="h", pid=1))
             other.flush()
             result = {}
-            racer = threading.Thread(target=lambda: result.update(error=_raises(lambda: record_look(engine, pg_study, "x"))))
+            racer = threading.Thread(target=lambda: result.update(error=_raises(lambda: record_look(engine, pg_study, "x", "t"))))
             racer.start()
             time.sleep(1.0)
             other.commit()

@@ -1,7 +1,7 @@
 """The results tables beside a study: a database written by an earlier version of them stays usable."""
 import sqlalchemy as sa
 
-from search.retrain.results import FoldRun, open_results
+from search.retrain.results import FoldRun, looks, looks_at, open_results, record_look
 
 
 def test_tables_of_an_earlier_schema_get_the_columns_added_since(tmp_path):
@@ -15,3 +15,12 @@ def test_tables_of_an_earlier_schema_get_the_columns_added_since(tmp_path):
     assert "node" in {c["name"] for c in sa.inspect(engine).get_columns("fold_runs")}
     with engine.connect() as db:
         assert db.execute(sa.select(FoldRun.study, FoldRun.node)).all() == [("old", None)]
+
+
+def test_looks_at_one_test_set_are_counted_across_study_names(tmp_path):
+    engine = open_results(f"sqlite:///{tmp_path / 'looks.db'}")
+    record_look(engine, "tpe", "retrain-best", "set-a", log=lambda line: None)
+    record_look(engine, "random", "retrain-best", "set-a", log=lambda line: None)
+    record_look(engine, "other data", "retrain-best", "set-b", log=lambda line: None)
+    assert looks_at(engine, "set-a") == 2 and looks_at(engine, "set-b") == 1
+    assert looks(engine, "tpe") == 1  # each study still numbers its own looks

@@ -103,19 +103,27 @@ def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluate
     assert evaluated["results"].iloc[0]["objective"] == pytest.approx(means[best])
 
 
-def test_every_fusion_is_scored_out_of_fold_and_the_best_is_delivered(studies, evaluated):
+def test_every_fusion_is_scored_out_of_fold_and_the_simplest_within_noise_is_delivered(studies, evaluated):
     fusions = {f.method: f for f in rows(studies["engine"], FusionResult, study="valence")}
-    assert set(fusions) == {"chosen", "mean", "weighted_ccc", "weighted_fitted", "lstm"}
-    for method in ("weighted_ccc", "weighted_fitted"):
+    simple_first = ["chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted", "lstm"]
+    assert set(fusions) == set(simple_first)
+    for method in ("chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted"):
         weights = fusions[method].weights["valence"]
         assert len(weights) == 6 and min(weights) >= 0 and sum(weights) == pytest.approx(1)  # 3 + 3 configs
         assert fusions[method].protocol.startswith("3-fold cross-validation over the pooled videos")
-    assert {f.protocol.split(":")[0] for f in (fusions["chosen"], fusions["mean"])} == {"nothing fit"}
+    assert {i["seeds"] for i in fusions["ensemble"].inputs} == {2}  # the library: every config, seed by seed
     lstm_inputs = fusions["lstm"].inputs
     assert {i["study"] for i in lstm_inputs} == {"valence", "valence_text", "arousal"}
     assert {i["target"] for i in lstm_inputs if i["extra"]} == {"arousal"}
     [evaluation] = rows(studies["engine"], Evaluation, study="valence")
-    assert evaluation.delivered == max(fusions, key=lambda m: np.mean(list(fusions[m].cv_ccc.values())))
+    score = {m: np.mean(list(f.cv_ccc.values())) for m, f in fusions.items()}
+    best = max(score, key=score.get)
+    assert evaluation.delivered == next(m for m in simple_first if score[best] - score[m] <= fusions[m].cv_se)
+    nested = evaluation.nested
+    assert nested["low"] <= nested["estimate"] <= nested["high"] and len(nested["choices"]) == 3
+    for f in fusions.values():
+        estimate, low, high = f.test_interval
+        assert low <= estimate <= high and estimate == pytest.approx(f.test_ccc["valence"], abs=1e-6)
     folder = Path(evaluation.report).parent
     for partition in ("devel", "test"):
         delivered = (folder / "methods" / evaluation.delivered / f"{partition}.csv").read_text()

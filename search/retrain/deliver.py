@@ -15,8 +15,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from core.bootstrap import Interval
 from core.metrics import ccc
 from core.predictions import write_predictions
+from search.retrain.choice import Choice, Nested
 from search.retrain.experiment import Experiment
 from search.retrain.fusion import Fused
 from search.retrain.holdout import TestScores
@@ -28,26 +30,31 @@ from search.study.storage import mask, retrying
 
 
 def deliver(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, chosen_runs: list[SeedRun],
-            fusions: list[Fused], test: TestScores) -> dict:
+            fusions: list[Fused], choice: Choice, nested: Nested, test: TestScores) -> dict:
     request = exp.request
-    delivered = max(fusions, key=lambda f: f.score)
+    delivered = next(f for f in fusions if f.method == choice.delivered)
     folder = request.out_dir / request.study / f"look-{test.look.number}"
     files = write_files(exp, folder, fusions, delivered)
-    results = results_table(exp, ranking, chosen, chosen_runs, fusions, test)
+    results = results_table(exp, ranking, chosen, chosen_runs, fusions, choice, test)
     report = write_report(folder / "report.html", ReportData(
         study=exp.studies[request.study], storage=mask(request.storage), look=test.look.number,
+        looks_at_test_set=test.looks_at_test_set,
         code_version=code_version(), data_fingerprint=exp.fingerprints[request.study], targets=exp.targets,
         folds=len(exp.plan.splits), ranking=ranking, results=results, chosen=fusions[0], delivered=delivered,
-        plan=exp.plan, pooled_labels=exp.pooled_labels(), test_labels=test.labels))
-    evaluation_id = store_rows(exp, ranking, chosen, fusions, delivered, test, files, report)
+        plan=exp.plan, pooled_labels=exp.pooled_labels(), test_labels=test.labels, nested=nested))
+    evaluation_id = store_rows(exp, ranking, chosen, fusions, choice, nested, test, files, report)
     exp.log(f"chosen config: trial {chosen.trial} of {request.study!r} (best mean over {request.seeds} seeds and "
             f"{len(exp.plan.splits)} split(s))")
     exp.log(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    exp.log(f"delivered: {delivered.method} (best out-of-fold CCC), predictions in {folder / 'predictions'}")
+    exp.log(f"delivered: {delivered.method} (the simplest within one standard error of the best out-of-fold CCC; "
+            f"nested estimate {nested.estimate.estimate:.4f} [{nested.estimate.low:.4f}, {nested.estimate.high:.4f}]), "
+            f"predictions in {folder / 'predictions'}")
     exp.log(f"report: {report}")
     return {"evaluation_id": evaluation_id, "reused": False, "report": str(report), "chosen_trial": chosen.trial,
             "test_ccc": test.chosen, "fusions": test.fusions, "ranking": ranking, "results": results,
-            "delivered": delivered.method, "cv": {f.method: f.cv_ccc for f in fusions}}
+            "delivered": delivered.method, "cv": {f.method: f.cv_ccc for f in fusions}, "nested": _nested(nested),
+            "test_interval": {m: list(i) for m, i in test.intervals.items()},
+            "looks_at_test_set": test.looks_at_test_set}
 
 
 def write_files(exp: Experiment, folder: Path, fusions: list[Fused], delivered: Fused) -> dict[str, dict]:
@@ -63,8 +70,8 @@ def write_files(exp: Experiment, folder: Path, fusions: list[Fused], delivered: 
     return files
 
 
-def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusions: list[Fused], delivered: Fused,
-               test: TestScores, files: dict[str, dict], report: Path) -> int:
+def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusions: list[Fused], choice: Choice,
+               nested: Nested, test: TestScores, files: dict[str, dict], report: Path) -> int:
     """The evaluation, its fusions and its files in one transaction; the evaluation's id."""
     request = exp.request
     provenance = {"code_version": code_version(), "data_fingerprint": exp.fingerprints[request.study]}
@@ -79,15 +86,16 @@ def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusion
                 return stored
             evaluation = Evaluation(look_id=test.look.id, study=request.study, settings=settings,
                                     ranking=_records(ranking), chosen_config_key=chosen.key,
-                                    chosen_trial=chosen.trial, test_ccc=test.chosen, delivered=delivered.method,
-                                    report=str(report), **provenance)
+                                    chosen_trial=chosen.trial, test_ccc=test.chosen, delivered=choice.delivered,
+                                    report=str(report), nested=_nested(nested), **provenance)
             session.add(evaluation)
             session.flush()
             for f in fusions:
                 session.add(FusionResult(evaluation_id=evaluation.id, study=request.study, method=f.method,
-                                         inputs=[s.describe() for s in f.inputs], weights=f.weights,
-                                         cv_ccc=f.cv_ccc, protocol=f.protocol, test_ccc=test.fusions[f.method],
-                                         **provenance))
+                                         inputs=f.inputs, weights=f.weights,
+                                         cv_ccc=f.cv_ccc, cv_se=choice.standard_errors[f.method],
+                                         protocol=f.protocol, test_ccc=test.fusions[f.method],
+                                         test_interval=_listed(test.intervals.get(f.method)), **provenance))
                 session.add_all(PredictionFile(study=request.study, evaluation_id=evaluation.id, method=f.method,
                                                partition=partition, path=str(csv), frames=frames, **provenance)
                                 for partition, (csv, frames) in files[f.method].items())
@@ -97,19 +105,33 @@ def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusion
 
 
 def results_table(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, chosen_runs: list[SeedRun],
-                  fusions: list[Fused], test: TestScores) -> pd.DataFrame:
-    """Singles and fusions side by side: score on the pooled videos (out of fold) and on test."""
+                  fusions: list[Fused], choice: Choice, test: TestScores) -> pd.DataFrame:
+    """Singles and fusions side by side: score on the pooled videos (out of fold), the standard error of
+    the best one's lead over each, and test with its interval over test videos."""
     targets, labels = exp.targets, exp.pooled_labels()
     row = ranking[ranking["config_key"] == chosen.key].iloc[0]
     pooled = {t: float(np.mean([ccc(r.oof[:, j], labels[:, j]) for r in chosen_runs])) for j, t in enumerate(targets)}
     rows = [{"model": f"chosen config (trial {chosen.trial}), one seed", "scored": "mean over seeds",
-             **{f"pooled {t}": pooled[t] for t in targets}, "objective": row["mean"],
-             **{f"test {t}": test.chosen.get(t, {}).get("mean", np.nan) for t in targets}}]
+             **{f"pooled {t}": pooled[t] for t in targets}, "objective": row["mean"], "SE of lead": np.nan,
+             **{f"test {t}": test.chosen.get(t, {}).get("mean", np.nan) for t in targets}, "test 95 %": ""}]
     for f in fusions:
-        rows.append({"model": f"fusion: {f.method}", "scored": f.protocol.split(";")[0].split(":")[0],
+        shown = test.intervals.get(f.method)
+        rows.append({"model": ("delivered: " if f.method == choice.delivered else "") + f"fusion: {f.method}",
+                     "scored": f.protocol.split(";")[0].split(":")[0],
                      **{f"pooled {t}": f.cv_ccc[t] for t in targets}, "objective": np.nan,
-                     **{f"test {t}": test.fusions[f.method].get(t, np.nan) for t in targets}})
+                     "SE of lead": choice.standard_errors[f.method],
+                     **{f"test {t}": test.fusions[f.method].get(t, np.nan) for t in targets},
+                     "test 95 %": f"[{shown.low:.4f}, {shown.high:.4f}]" if shown else ""})
     return pd.DataFrame(rows)
+
+
+def _nested(nested: Nested) -> dict:
+    return {"estimate": nested.estimate.estimate, "low": nested.estimate.low, "high": nested.estimate.high,
+            "choices": nested.choices}
+
+
+def _listed(shown: Interval | None) -> list[float] | None:
+    return list(shown) if shown else None
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -1,17 +1,19 @@
-"""Late fusion of several configs' predictions, every method scored under one protocol.
+"""Late fusion over the library of retrained models, every method fit and scored under one protocol.
 
-The inputs are out-of-split predictions of the pooled videos (devel, or train + devel with K folds),
-so a method that fits nothing is scored on them directly, and a method that fits something is
-cross-validated over the same folds of videos: fit on the other folds' predictions, predict the
-held-out fold. No fusion is ever scored on what it was fit on. Methods:
+The library holds every retrained (config, seed): its out-of-split predictions of the pooled videos
+(devel, or train + devel with K folds) and its test predictions. A method is fit on some folds of
+pooled videos and predicts others, so it is cross-validated over the same folds of videos as every
+other method, and no method is ever scored on what it was fit on. Methods, simplest first:
 
-- chosen: the chosen config's seed ensemble (the mean of its seeds);
-- mean: the equal mean of the top configs' seed ensembles;
-- weighted_ccc: a weighted mean, weights from each input's CCC;
-- weighted_fitted: a weighted mean, non-negative weights summing to 1 fitted to maximise CCC;
-- lstm: the entry's fusion model, a small biLSTM over all inputs (other targets' too).
+- chosen: the seed ensemble (mean over seeds) of the config ranked best on the folds it is fit on;
+- mean: the equal mean of every config's seed ensemble;
+- ensemble: greedy ensemble selection with replacement over the library's models (Caruana et al., 2004);
+- weighted_ccc: a weighted mean of the seed ensembles, weights from each one's CCC;
+- weighted_fitted: the same with non-negative weights summing to 1 fitted to maximise CCC;
+- lstm: the entry's fusion model, a small biLSTM over all seed ensembles (other targets' too).
 
-On test, weighted means use weights fit on all pooled videos; the LSTM is the mean of its fold models.
+Every method but the LSTM is a weighted mean of the library's models: on test, its weights are fit on
+all pooled videos; the LSTM's test predictions are the mean of its fold models.
 """
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from core.ensemble import SINGLE, select_ensemble
 from core.metrics import ccc
 from search.retrain.experiment import Experiment
 from search.retrain.runs import SeedRun
 from search.retrain.select import Candidate
 
+Job = tuple[list[np.ndarray], np.ndarray]  # folds of pooled videos (positions) to fit on, and videos to predict
+
 
 @dataclass
 class Stream:
-    """One fusion input: a config's seed-averaged predictions of one target, on pooled and test frames."""
+    """One LSTM input: a config's seed-averaged predictions of one target, on pooled and test frames."""
     study: str
     trial: int | None
     config_key: str
@@ -45,65 +50,124 @@ class Stream:
 
 
 @dataclass
+class FusionData:
+    """What fusions are fit and scored on: the pooled videos' labels and frame bounds, the test videos'
+    bounds, and the folds of pooled videos every method is cross-validated over."""
+    labels: np.ndarray  # (pooled frames, targets)
+    bounds: np.ndarray  # n + 1 offsets of the pooled videos' frames
+    test_bounds: np.ndarray
+    folds: list[np.ndarray]  # positions of pooled videos, held out together
+    targets: tuple[str, ...]
+    folds_are_splits: bool  # the folds are the splits' scoring videos (the objective averages over them)
+
+    def rows(self, videos: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.arange(self.bounds[v], self.bounds[v + 1]) for v in videos])
+
+    def scores(self, preds: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float]:
+        labels = self.labels if rows is None else self.labels[rows]
+        return {t: ccc(preds[:, j], labels[:, j]) for j, t in enumerate(self.targets)}
+
+
+@dataclass
+class Library:
+    """Every retrained model of the fused studies' configs (own targets only), seed by seed."""
+    primary: str  # the study whose best config is "chosen"
+    configs: list[Candidate]
+    config_of: np.ndarray  # (models,): each model's index into configs
+    oof: np.ndarray  # (pooled frames, models, targets)
+    test: np.ndarray  # (test frames, models, targets)
+
+    def seed_ensembles(self, part: str) -> np.ndarray:
+        """(frames, configs, targets): each config's mean over its seeds."""
+        x = getattr(self, part)
+        return np.stack([x[:, self.config_of == c].mean(axis=1) for c in range(len(self.configs))], axis=1)
+
+    def spread(self, per_config: np.ndarray) -> np.ndarray:
+        """(configs, targets) weights of seed ensembles as (models, targets) weights of the models."""
+        seeds = np.bincount(self.config_of, minlength=len(self.configs))
+        return per_config[self.config_of] / seeds[self.config_of][:, None]
+
+    def describe(self) -> list[dict]:
+        seeds = np.bincount(self.config_of, minlength=len(self.configs))
+        return [{"study": c.study, "trial": c.trial, "config_key": c.key, "seeds": int(n)}
+                for c, n in zip(self.configs, seeds)]
+
+
+@dataclass
 class Fused:
     method: str
     protocol: str  # how its score was obtained
     oof: np.ndarray  # (pooled frames, targets), out of fold
     test: np.ndarray
     cv_ccc: dict[str, float]
-    weights: dict[str, list[float]] | None = None
-    inputs: list[Stream] = field(default_factory=list)
+    weights: dict[str, list[float]] | None = None  # per target, over the configs' seed ensembles
+    inputs: list[dict] = field(default_factory=list)  # the configs (or, for the LSTM, streams) it fuses
 
     @property
     def score(self) -> float:
         return float(np.mean(list(self.cv_ccc.values())))
 
 
-@dataclass
-class FusionData:
-    """What fusions are fit and scored on: the pooled videos' labels and frame bounds, the test videos'
-    bounds, and the folds of pooled videos fusions are cross-validated over."""
-    labels: np.ndarray  # (pooled frames, targets)
-    bounds: np.ndarray  # n + 1 offsets of the pooled videos' frames
-    test_bounds: np.ndarray
-    folds: list[np.ndarray]  # positions of pooled videos, held out together
-    targets: tuple[str, ...]
+class Method:
+    """A fusion method as a function from jobs to predictions: for each (fit folds, videos) job, its
+    predictions of those pooled videos and of test. Weighted means fit their (models, targets) weights."""
+    simple_first = ("chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted", "lstm")
 
-    def rows(self, videos: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.arange(self.bounds[v], self.bounds[v + 1]) for v in videos])
+    def __init__(self, name: str, library: Library, data: FusionData,
+                 weights: Callable[[Library, FusionData, np.ndarray], np.ndarray] | None = None,
+                 run_jobs: Callable[[list[Job]], list[tuple[np.ndarray, np.ndarray]]] | None = None,
+                 inputs: list[dict] | None = None):
+        self.name, self.library, self.data, self._weights, self._run_jobs = name, library, data, weights, run_jobs
+        self.inputs = inputs or library.describe()
 
-    def scores(self, preds: np.ndarray) -> dict[str, float]:
-        return {t: ccc(preds[:, j], self.labels[:, j]) for j, t in enumerate(self.targets)}
+    def weights(self, folds: list[np.ndarray]) -> np.ndarray:
+        return self._weights(self.library, self.data, np.concatenate(folds))
 
-
-NOTHING_FIT = "nothing fit: CCC of the out-of-split predictions of the pooled videos"
-
-
-def mean_of(method: str, streams: list[Stream], data: FusionData) -> Fused:
-    """The equal mean of the streams of each target: nothing is fit."""
-    oof, test = _columns(streams, data.targets, "oof"), _columns(streams, data.targets, "test")
-    oof = np.stack([x.mean(axis=1) for x in oof], axis=1)
-    test = np.stack([x.mean(axis=1) for x in test], axis=1)
-    return Fused(method, NOTHING_FIT, oof, test, data.scores(oof), None, streams)
+    def run(self, jobs: list[Job]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._run_jobs:
+            return self._run_jobs(jobs)
+        out = []
+        for fit_folds, videos in jobs:
+            w = self.weights(fit_folds)
+            out.append((_apply(self.library.oof[self.data.rows(videos)], w), _apply(self.library.test, w)))
+        return out
 
 
-def weighted(method: str, streams: list[Stream], data: FusionData, fit: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fused:
-    """A weighted mean per target, weights from fit(x, y) on the other folds; on test, fit on all."""
-    oof_cols, test_cols = _columns(streams, data.targets, "oof"), _columns(streams, data.targets, "test")
-    oof = np.empty_like(data.labels, dtype=np.float32)
-    test, weights = [], {}
-    for j, target in enumerate(data.targets):
-        x, y = oof_cols[j], data.labels[:, j]
-        for held_out in data.folds:
-            rows = data.rows(held_out)
-            train = np.ones(len(y), bool)
-            train[rows] = False
-            oof[rows, j] = x[rows] @ fit(x[train], y[train])
-        w = fit(x, y)
-        weights[target] = w.tolist()
-        test.append(test_cols[j] @ w)
-    return Fused(method, f"{len(data.folds)}-fold cross-validation over the pooled videos", oof,
-                 np.stack(test, axis=1).astype(np.float32), data.scores(oof), weights, streams)
+def chosen_weights(lib: Library, data: FusionData, videos: np.ndarray) -> np.ndarray:
+    """The primary study's config with the best mean over its seeds of the studies' objective restricted to
+    `videos` (the mean CCC over the splits' folds among them, or the CCC over them all with one split), as
+    its seed ensemble: on every pooled video, the config retrain-best ranked first."""
+    parts = [f for f in data.folds if np.isin(f, videos).all()] if data.folds_are_splits else [videos]
+
+    def objective(m: int) -> float:
+        return float(np.mean([np.mean(list(data.scores(lib.oof[data.rows(p), m], data.rows(p)).values()))
+                              for p in parts]))
+
+    per_model = np.array([objective(m) for m in range(len(lib.config_of))])
+    per_config = np.array([per_model[lib.config_of == k].mean() if c.study == lib.primary else -np.inf
+                           for k, c in enumerate(lib.configs)])
+    one_hot = np.zeros((len(lib.configs), len(data.targets)))
+    one_hot[int(np.argmax(per_config))] = 1.0
+    return lib.spread(one_hot)
+
+
+def mean_weights(lib: Library, data: FusionData, videos: np.ndarray) -> np.ndarray:
+    return lib.spread(np.full((len(lib.configs), len(data.targets)), 1 / len(lib.configs)))
+
+
+def ensemble_weights(lib: Library, data: FusionData, videos: np.ndarray) -> np.ndarray:
+    rows = data.rows(videos)
+    w = select_ensemble([lib.oof[rows, m] for m in range(len(lib.config_of))], data.labels[rows]).weights
+    return np.repeat(w[:, None], len(data.targets), axis=1)
+
+
+def per_target_weights(fit: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    """Weights of the seed ensembles fit per target by fit(x, y) on these videos."""
+    def weights(lib: Library, data: FusionData, videos: np.ndarray) -> np.ndarray:
+        rows = data.rows(videos)
+        x = lib.seed_ensembles("oof")[rows]
+        return lib.spread(np.stack([fit(x[:, :, j], data.labels[rows, j]) for j in range(len(data.targets))], axis=1))
+    return weights
 
 
 def ccc_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -121,76 +185,91 @@ def fitted_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def lstm(streams: list[Stream], data: FusionData, run_folds: Callable[[np.ndarray, np.ndarray], list]) -> Fused:
-    """The entry's fusion model over every stream (other targets' too), one fit per fold of the data.
-    run_folds(x, x_test) -> [(held-out predictions, test predictions)] runs fit_fold for each fold (in parallel)."""
-    x = np.stack([s.oof for s in streams], axis=1).astype(np.float32)
-    x_test = np.stack([s.test for s in streams], axis=1).astype(np.float32)
+def cross_fit_jobs(data: FusionData) -> list[Job]:
+    """Fold k predicted by a fit on the other folds, for each k."""
+    return [([f for i, f in enumerate(data.folds) if i != k], held_out) for k, held_out in enumerate(data.folds)]
+
+
+def cross_fit(method: Method, results: list[tuple[np.ndarray, np.ndarray]]) -> Fused:
+    """The method's out-of-fold predictions of every pooled video and its test predictions, from the
+    results of its cross_fit_jobs."""
+    data, folds = method.data, method.data.folds
     oof = np.empty_like(data.labels, dtype=np.float32)
-    tests = []
-    for held_out, (held_out_preds, test_preds) in zip(data.folds, run_folds(x, x_test)):
-        oof[data.rows(held_out)] = held_out_preds
-        tests.append(test_preds)
-    return Fused("lstm", f"{len(data.folds)}-fold cross-validation over the pooled videos; on test the mean of "
-                         "the fold models", oof, np.mean(tests, axis=0), data.scores(oof), None, streams)
+    for held_out, (preds, _) in zip(folds, results):
+        oof[data.rows(held_out)] = preds
+    protocol = f"{len(folds)}-fold cross-validation over the pooled videos"
+    if method.name == "lstm":
+        return Fused("lstm", protocol + "; on test the mean of the fold models", oof,
+                     np.mean([test for _, test in results], axis=0), data.scores(oof), None, method.inputs)
+    lib, w = method.library, method.weights(folds)
+    per_config = np.stack([w[lib.config_of == c].sum(axis=0) for c in range(len(lib.configs))])
+    return Fused(method.name, protocol, oof, _apply(lib.test, w), data.scores(oof),
+                 {t: per_config[:, j].tolist() for j, t in enumerate(data.targets)}, lib.describe())
 
 
-def fit_fold(x: np.ndarray, x_test: np.ndarray, data: FusionData, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """One LSTM fusion fit on the pooled videos but those of data.folds[fold]; its predictions of those
-    and of test. A Ray task of one CPU thread in retrain-best, so the folds are fit in parallel."""
-    from core.fusion import fit_fusion_model, predict_fusion
-    from core.threads import use_threads
-
-    use_threads(1)
-    held_out = data.folds[fold]
-    keep = np.setdiff1d(np.arange(len(data.bounds) - 1), held_out)
-    model = fit_fusion_model(x, data.labels, data.bounds, keep, seed=fold)
-    return (predict_fusion(model, x, data.bounds, held_out),
-            predict_fusion(model, x_test, data.test_bounds, np.arange(len(data.test_bounds) - 1)))
-
-
-def _columns(streams: list[Stream], targets: tuple[str, ...], part: str) -> list[np.ndarray]:
-    """Per target, its own (not extra) streams side by side: (frames, streams)."""
-    return [np.stack([getattr(s, part) for s in streams if s.target == t and not s.extra], axis=1) for t in targets]
-
-
-def fuse(exp: Experiment, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
-         chosen: Candidate) -> list[Fused]:
-    """The chosen config's seed ensemble, then every fusion method, each scored on out-of-fold predictions
-    of the pooled videos."""
-    import ray
-
+def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]],
+                   runs: dict[str, list[SeedRun]]) -> list[Method]:
+    """The chosen config's seed ensemble and every fusion method over the library of retrained models."""
     plan = exp.plan
     data = FusionData(exp.pooled_labels(), np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
-                      plan.corpus.bounds("test"), _folds(exp), exp.targets)
+                      plan.corpus.bounds("test"), _folds(exp), exp.targets, folds_are_splits=len(plan.splits) > 1)
     extra = set(exp.request.inputs_from) - {exp.request.study, *exp.request.fuse}
-    streams = [s for name, cs in candidates.items() for c in cs if runs[c.key]
-               for s in seed_ensemble_streams(c, runs[c.key], extra=name in extra)]
-    own = [s for s in streams if not s.extra]
-    fusions = [mean_of("chosen", [s for s in own if s.config_key == chosen.key], data)]
-    if len({s.config_key for s in own}) < 2:
-        exp.log("fusion: one config only, so only its seed ensemble is formed")
-        return fusions
-    fusions += [mean_of("mean", own, data), weighted("weighted_ccc", own, data, ccc_weights),
-                weighted("weighted_fitted", own, data, fitted_weights)]
-    task = ray.remote(fit_fold).options(num_cpus=1)
+    own = [c for name, cs in candidates.items() if name not in extra for c in cs if runs[c.key]]
+    library = Library(exp.request.study, own, np.array([i for i, c in enumerate(own) for _ in runs[c.key]]),
+                      np.stack([r.oof for c in own for r in runs[c.key]], axis=1),
+                      np.stack([r.test for c in own for r in runs[c.key]], axis=1))
+    methods = [Method("chosen", library, data, chosen_weights)]
+    if len(library.config_of) == 1:
+        exp.log(f"ensemble selection: {SINGLE}")
+    elif len(own) < 2:
+        exp.log("fusion: one config only, so only its seed ensemble and ensemble selection over its seeds are formed")
+        methods.append(Method("ensemble", library, data, ensemble_weights))
+    else:
+        streams = [s for name, cs in candidates.items() for c in cs if runs[c.key]
+                   for s in seed_ensemble_streams(c, runs[c.key], extra=name in extra)]
+        exp.log(f"fusion: a library of {len(library.config_of)} models of {len(own)} configs "
+                f"({len(streams) - len(own) * len(data.targets)} extra input(s) for the LSTM), "
+                f"{len(data.folds)} folds over {len(plan.pooled)} pooled videos")
+        methods += [Method("mean", library, data, mean_weights), Method("ensemble", library, data, ensemble_weights),
+                    Method("weighted_ccc", library, data, per_target_weights(ccc_weights)),
+                    Method("weighted_fitted", library, data, per_target_weights(fitted_weights)),
+                    Method("lstm", library, data, run_jobs=lstm_jobs(exp, streams, data),
+                           inputs=[s.describe() for s in streams])]
+    return methods
 
-    def run_folds(x: np.ndarray, x_test: np.ndarray) -> list:
+
+def lstm_jobs(exp: Experiment, streams: list[Stream], data: FusionData):
+    """The LSTM method's jobs, fit in parallel as Ray tasks of one CPU thread each."""
+    import ray
+
+    x = np.stack([s.oof for s in streams], axis=1).astype(np.float32)
+    x_test = np.stack([s.test for s in streams], axis=1).astype(np.float32)
+    task = ray.remote(fit_lstm).options(num_cpus=1)
+
+    def run(jobs: list[Job]) -> list[tuple[np.ndarray, np.ndarray]]:
         start, refs = time.time(), [ray.put(a) for a in (x, x_test, data)]
-        pending = {task.remote(*refs, k): k for k in range(len(data.folds))}
+        pending = {task.remote(*refs, np.concatenate(fit_folds), videos): k
+                   for k, (fit_folds, videos) in enumerate(jobs)}
         done = {}
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             done[pending.pop(ready)] = ray.get(ready)
-            exp.log(f"  lstm fusion: fold {len(done)}/{len(data.folds)} fit ({time.time() - start:.0f}s)")
-        return [done[k] for k in range(len(data.folds))]
+            exp.log(f"  lstm fusion: fit {len(done)}/{len(jobs)} ({time.time() - start:.0f}s)")
+        return [done[k] for k in range(len(jobs))]
+    return run
 
-    exp.log(f"fusion: {len(own)} input(s) ({len(streams) - len(own)} extra for the LSTM), "
-            f"{len(data.folds)} folds over {len(plan.pooled)} pooled videos")
-    fusions.append(lstm(streams, data, run_folds))
-    for f in fusions:
-        exp.log(f"  {f.method:16s} out-of-fold CCC {f.score:.4f}")
-    return fusions
+
+def fit_lstm(x: np.ndarray, x_test: np.ndarray, data: FusionData, fit_on: np.ndarray,
+             videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM fusion fit on the pooled videos `fit_on`; its predictions of `videos` and of test. A Ray
+    task of one CPU thread in retrain-best, so the fits run in parallel."""
+    from core.fusion import fit_fusion_model, predict_fusion
+    from core.threads import use_threads
+
+    use_threads(1)
+    model = fit_fusion_model(x, data.labels, data.bounds, np.sort(fit_on), seed=int(videos[0]))
+    return (predict_fusion(model, x, data.bounds, videos),
+            predict_fusion(model, x_test, data.test_bounds, np.arange(len(data.test_bounds) - 1)))
 
 
 def seed_ensemble_streams(c: Candidate, runs: list[SeedRun], extra: bool) -> list[Stream]:
@@ -198,6 +277,11 @@ def seed_ensemble_streams(c: Candidate, runs: list[SeedRun], extra: bool) -> lis
     oof, test = np.mean([r.oof for r in runs], axis=0), np.mean([r.test for r in runs], axis=0)
     return [Stream(c.study, c.trial, c.key, t, oof[:, j], test[:, j], extra)
             for j, t in enumerate(c.config.emo_dim_set)]
+
+
+def _apply(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(frames, models, targets) predictions weighted by (models, targets) weights: (frames, targets)."""
+    return np.einsum("fmt,mt->ft", x, w).astype(np.float32)
 
 
 def _folds(exp: Experiment) -> list[np.ndarray]:

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 from core.corpus import load_corpus
 from core.errors import ConfigError
 from search.cluster import check_memory, ensure_ray, fit_resources
+from search.retrain.choice import choose
 from search.retrain.deliver import deliver
 from search.retrain.experiment import Experiment, Request
-from search.retrain.fusion import fuse
+from search.retrain.fusion import fusion_methods
 from search.retrain.holdout import evaluate_test_once
 from search.retrain.rank import rank
 from search.retrain.results import Evaluation, FusionResult, looks, open_results
@@ -45,9 +46,9 @@ def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
                    log)
     ranking = rank(candidates, runs, primary=request.study, seeds=request.seeds, splits=len(exp.plan.splits), log=log)
     chosen = next(c for c in candidates[request.study] if c.key == ranking.iloc[0]["config_key"])
-    fusions = fuse(exp, candidates, runs, chosen)
+    fusions, choice, nested = choose(fusion_methods(exp, candidates, runs), log)
     test = evaluate_test_once(exp, runs[chosen.key], fusions)
-    return deliver(exp, ranking, chosen, runs[chosen.key], fusions, test)
+    return deliver(exp, ranking, chosen, runs[chosen.key], fusions, choice, nested, test)
 
 
 def open_experiment(request: Request, log: Callable[[str], None]) -> Experiment:
@@ -114,11 +115,15 @@ def show_evaluation(exp: Experiment, evaluation: Evaluation) -> dict:
     log(f"chosen: trial {evaluation.chosen_trial}, test CCC " + _scores(evaluation.test_ccc))
     for method, cv, test in rows:
         log(f"  {method:16s} cv {_scores(cv)} | test {_scores(test)}")
+    nested = evaluation.nested
+    if nested:
+        log(f"nested cross-validation estimate of the delivered choice: {nested['estimate']:.4f} "
+            f"[{nested['low']:.4f}, {nested['high']:.4f}]")
     log(f"delivered: {evaluation.delivered}; report: {evaluation.report}")
     return {"evaluation_id": evaluation.id, "reused": True, "report": evaluation.report,
             "chosen_trial": evaluation.chosen_trial, "ranking": pd.DataFrame(evaluation.ranking),
             "test_ccc": evaluation.test_ccc, "fusions": {m: t for m, _, t in rows}, "delivered": evaluation.delivered,
-            "cv": {m: cv for m, cv, _ in rows}}
+            "cv": {m: cv for m, cv, _ in rows}, "nested": nested}
 
 
 def prepare(exp: Experiment) -> None:

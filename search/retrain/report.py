@@ -17,6 +17,7 @@ import plotly.offline
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from search.retrain.choice import Nested
 from search.retrain.fusion import Fused
 from search.retrain.runs import Plan
 
@@ -28,6 +29,7 @@ class ReportData:
     study: optuna.Study
     storage: str  # masked
     look: int  # which look at this study's test set this is (1 = the first)
+    looks_at_test_set: int  # looks at the same test set by every study, this one included
     code_version: str
     data_fingerprint: str
     targets: tuple[str, ...]
@@ -39,6 +41,7 @@ class ReportData:
     plan: Plan  # the corpus, the pooled videos and their rows
     pooled_labels: np.ndarray
     test_labels: np.ndarray | None
+    nested: Nested  # the delivered choice's nested-CV estimate
 
 
 def write_report(path: Path, data: ReportData) -> Path:
@@ -47,8 +50,12 @@ def write_report(path: Path, data: ReportData) -> Path:
     if data.look > 1:
         warning = (f"<p class=warn>Test was looked at {data.look} times for this study: scores after the first "
                    "are no longer unbiased.</p>")
+    elif data.looks_at_test_set > 1:
+        warning = (f"<p class=warn>This test set was looked at {data.looks_at_test_set} times by all studies: "
+                   "whatever was chosen after seeing an earlier look is no longer scored unbiased.</p>")
     meta = (f"study <b>{html.escape(data.study.study_name)}</b> in {html.escape(data.storage)} · look "
-            f"{data.look} at test · data {data.data_fingerprint} · code {html.escape(data.code_version)}")
+            f"{data.look} at test ({data.looks_at_test_set} at this test set by all studies) · data "
+            f"{data.data_fingerprint} · code {html.escape(data.code_version)}")
     body = "\n".join(f"<section><h2>{html.escape(title)}</h2><p class=explain>{html.escape(text)}</p>{content}</section>"
                      for title, content, text in sections)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +104,15 @@ def _retrain_sections(data: ReportData) -> list[Section]:
          "failed seeds: seeds whose runs failed, so the config is ranked on fewer seeds than asked."),
         ("Singles and fusions", _table(data.results),
          f"pooled: CCC over the out-of-fold predictions of every pooled video ({'train + devel' if data.folds > 1 else 'devel'}), "
-         "the protocol every fusion is scored with (fitted ones cross-validated over the same folds); test: "
-         f"scored once, after everything was chosen. Delivered as the default predictions: {data.delivered.method} "
-         "(the best pooled score)."),
+         "the protocol every fusion is scored with (fitted ones cross-validated over the same folds); SE of lead: "
+         "the standard error of the best method's pooled score minus this one's (paired bootstrap over videos); "
+         "test: scored once, after everything was chosen, with a 95 % bootstrap interval over test videos. "
+         f"Delivered as the default predictions: {data.delivered.method}, the simplest method (chosen, mean, "
+         "ensemble, weighted_ccc, weighted_fitted, lstm) within one standard error of the best. The best pooled "
+         "score of several is biased upward; making the whole choice inside each outer fold from the other folds "
+         f"alone and scoring it there (nested cross-validation) estimates it at {data.nested.estimate.estimate:.4f}, "
+         f"95 % [{data.nested.estimate.low:.4f}, {data.nested.estimate.high:.4f}] (each fold delivered: "
+         f"{', '.join(data.nested.choices)})."),
     ]
 
 

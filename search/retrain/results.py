@@ -75,6 +75,9 @@ class TestLook(Base):
     host: Mapped[str] = mapped_column(sa.String(256))
     pid: Mapped[int]
     token: Mapped[str | None] = mapped_column(sa.String(32))  # its writer's, to find it again after a lost answer
+    # which test set was looked at: the data's partitions and the targets' labels (Corpus.fingerprint_of((),
+    # targets)), so looks at one test set are counted across study names
+    test_set: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -91,6 +94,7 @@ class Evaluation(Provenance, Base):
     test_ccc: Mapped[dict]  # the chosen config: per target mean, std and per seed
     delivered: Mapped[str] = mapped_column(sa.String(64))  # the method whose predictions are the default CSVs
     report: Mapped[str | None] = mapped_column(sa.String(1024))
+    nested: Mapped[dict | None]  # the delivered choice's nested-CV estimate, its interval, each outer fold's choice
 
 
 class FusionResult(Provenance, Base):
@@ -99,11 +103,13 @@ class FusionResult(Provenance, Base):
     evaluation_id: Mapped[int] = mapped_column(sa.ForeignKey("evaluations.id"))
     study: Mapped[str] = mapped_column(sa.String(512), index=True)
     method: Mapped[str] = mapped_column(sa.String(64))
-    inputs: Mapped[list]  # the streams: study, trial, config_key, target
-    weights: Mapped[dict | None]  # per target, for weighted means (fit on all pooled videos)
+    inputs: Mapped[list]  # the configs it fuses (study, trial, config_key, seeds), or the LSTM's streams
+    weights: Mapped[dict | None]  # per target, over the configs, for weighted means (fit on all pooled videos)
     cv_ccc: Mapped[dict]  # per target, on out-of-fold predictions of the pooled videos
+    cv_se: Mapped[float | None]  # standard error of the best method's score minus this one's (paired bootstrap)
     protocol: Mapped[str] = mapped_column(sa.String(160))
     test_ccc: Mapped[dict]
+    test_interval: Mapped[list | None]  # [estimate, low, high]: the mean CCC over targets, 95 % over test videos
 
 
 class PredictionFile(Provenance, Base):
@@ -164,7 +170,8 @@ def _add_new_columns(engine: sa.Engine) -> None:
                                    f"{column.type.compile(engine.dialect)}"))
 
 
-def record_look(engine: sa.Engine, study: str, purpose: str, log: Callable[[str], None] = print) -> TestLook:
+def record_look(engine: sa.Engine, study: str, purpose: str, test_set: str,
+                log: Callable[[str], None] = print) -> TestLook:
     """Count a look at the study's test labels, committed before they are read. Two processes looking at
     once cannot both take the same number: the second gets a StorageError and reads nothing. A lost
     connection is retried, and a look whose commit went through but whose answer was lost is found
@@ -178,7 +185,7 @@ def record_look(engine: sa.Engine, study: str, purpose: str, log: Callable[[str]
                 number = (session.scalar(sa.select(sa.func.max(TestLook.number))
                                          .where(TestLook.study == study)) or 0) + 1
                 look = TestLook(study=study, number=number, purpose=purpose, host=socket.gethostname(),
-                                pid=os.getpid(), token=token)
+                                pid=os.getpid(), token=token, test_set=test_set)
                 session.add(look)
                 try:
                     session.commit()
@@ -194,3 +201,9 @@ def record_look(engine: sa.Engine, study: str, purpose: str, log: Callable[[str]
 def looks(engine: sa.Engine, study: str) -> int:
     with Session(engine) as session:
         return session.scalar(sa.select(sa.func.count()).select_from(TestLook).where(TestLook.study == study))
+
+
+def looks_at(engine: sa.Engine, test_set: str) -> int:
+    """Looks at one test set, whichever study made them (looks recorded before test sets were kept not counted)."""
+    with Session(engine) as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(TestLook).where(TestLook.test_set == test_set))

@@ -133,7 +133,7 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
 
 
 def _seed_runs(c: Candidate, seeds: list[int], stored: dict, plan: Plan) -> list[SeedRun]:
-    """The seeds of a candidate whose runs finished on every split, assembled over the pool."""
+    """The seeds of a candidate whose runs finished on every split, assembled over the pooled videos."""
     out = []
     for seed in seeds:
         rows = [stored.get((c.key, seed, s.name)) for s in plan.splits]
