@@ -186,8 +186,9 @@ def require_test_labels(root: str, targets: list[str], what: str) -> None:
 def train_frames(storage: str, study: str) -> int:
     """Training frames the study's trials processed (their last reported progress): its compute."""
     import optuna
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
-    return int(sum(max(t.intermediate_values, default=0) for t in trials))
+
+    from search.study.record import frames_trained
+    return frames_trained(optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False))
 
 
 def trial_count(storage: str, study: str) -> int:
@@ -244,7 +245,7 @@ def report(results: list[dict]) -> None:
             rows[f"{label}: delivered ({out['delivered']})"] = _row(out, out["delivered"], target)
         print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min; this test set looked at {r['test']['looks']} "
               "times by all studies)")
-        print(f"  {'model':44s} {'CV CCC':>7s} {'test CCC [95 % over videos]':>29s} {'one seed (test)':>17s}")
+        print(f"  {'model':44s} {'CV CCC':>7s} {'test CCC [95 % over videos]':>27s} {'one seed (test)':>17s}")
         for label, (cv, preds, single) in rows.items():
             shown = interval(preds, labels, bounds)
             print(f"  {label:44s} {cv:7.4f} {shown.estimate:8.4f} [{shown.low:.4f}, {shown.high:.4f}] "

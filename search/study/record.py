@@ -24,3 +24,7 @@ def counts_against_budget(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.WAITING and not (
         trial.state == TrialState.FAIL and "stop_reason" not in trial.user_attrs)
 
+
+def frames_trained(trials: list[FrozenTrial]) -> int:
+    """The training frames these trials processed (each one's last reported progress): a study's compute."""
+    return int(sum(max(t.intermediate_values, default=0) for t in trials))
