@@ -11,9 +11,11 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.errors import ConfigError
 
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 TRIAL_GB = 1.0  # a trial's own memory besides the data (0.6-0.8 GB measured by python -m bench.search_speed)
 
 
@@ -29,8 +31,10 @@ class Resources:  # per task
 
 def ensure_ray(address: str | None, log: Callable[[str], None], **resources: float) -> None:
     """Join the given cluster, or reuse the running Ray, or start a local one (with `resources`, e.g.
-    num_cpus and num_gpus, where given)."""
+    num_cpus and num_gpus, where given). Joining a cluster sends its token as every node of it does:
+    RAY_AUTH_MODE=token and the token's file in RAY_AUTH_TOKEN_PATH (or the token in RAY_AUTH_TOKEN)."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     if ray.is_initialized():
         return
@@ -38,13 +42,61 @@ def ensure_ray(address: str | None, log: Callable[[str], None], **resources: flo
     # and the main job ran 2x slower beside one CPU-bound process. At 0 it gets its fair share.
     os.environ.setdefault("RAY_worker_niceness", "0")
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **resources)
+    # "local" starts a Ray of this process' own, even where another Ray runs on the machine
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    if target != "local":
+        check_token()
     try:
-        # "local" starts a Ray of this process' own, even where another Ray runs on the machine
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
+        ray.init(address=target, **kwargs)
+    except AuthenticationError:  # token mode, and no token anywhere Ray looks
+        raise ConfigError(f"RAY_AUTH_MODE=token but no token: set {TOKEN_PATH_ENV} to the file holding the Ray "
+                          "cluster's token") from None
     except ConnectionError as e:
-        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({e})") from None
+        if "InvalidAuthToken" in str(e.__cause__):
+            raise ConfigError(f"--ray-address {target}: the Ray cluster refused this client's token: "
+                              f"{_token_hint()}") from None
+        raise ConfigError(f"--ray-address {target}: no Ray cluster answers there ({e})") from None
     resources = ray.cluster_resources()
     log(f"Ray: {len(ray.nodes())} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
+
+
+def check_token() -> None:
+    """One clear error for a token set up wrongly, before Ray's own (several lines, or a 20 s wait)."""
+    path = os.environ.get(TOKEN_PATH_ENV)
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if (path or os.environ.get("RAY_AUTH_TOKEN")) and mode != "token":
+        # Ray reads the mode once, when it is imported, so this process cannot switch it on itself
+        raise ConfigError(f"{TOKEN_PATH_ENV if path else 'RAY_AUTH_TOKEN'} is set but RAY_AUTH_MODE is "
+                          f"{mode or 'not set'}: set RAY_AUTH_MODE=token too (Ray sends no token otherwise)")
+    if not path:
+        return
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{TOKEN_PATH_ENV}={path}: no such file (the Ray cluster's token)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{TOKEN_PATH_ENV}={path}: cannot read the token: {getattr(e, 'strerror', None) or e}") from None
+    if not token:
+        raise ConfigError(f"{TOKEN_PATH_ENV}={path}: the file is empty (it must hold the Ray cluster's token)")
+
+
+def require_token() -> None:
+    """A node of a cluster reachable from the network starts only with token auth on and a token to use."""
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        raise ConfigError("RAY_AUTH_MODE is not 'token': set RAY_AUTH_MODE=token (whoever reaches a Ray cluster "
+                          "without token auth can run code on it)")
+    if not os.environ.get(TOKEN_PATH_ENV):
+        raise ConfigError(f"{TOKEN_PATH_ENV} is not set: set it to the file holding the Ray cluster's token")
+    check_token()
+
+
+def _token_hint() -> str:
+    path = os.environ.get(TOKEN_PATH_ENV)
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        return f"set RAY_AUTH_MODE=token and {TOKEN_PATH_ENV} to the file holding the cluster's token"
+    if path:
+        return f"the token in {TOKEN_PATH_ENV}={path} is not the cluster's: point it at the head's token file"
+    return f"set {TOKEN_PATH_ENV} to the file holding the cluster's token"
 
 
 def fit_resources(cpu: float, gpu: float, max_concurrent: int | None, what: str,

@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
                                                                           "(default: %(default)s)")
     p.add_argument("--new-test-evaluation", action="store_true",
                    help="score test again although it was scored for this study (recorded)")
+    p.add_argument("--trusted-network", action="store_true",
+                   help="accept a PostgreSQL storage on another machine without TLS (logged)")
     return p
 
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.errors import run_command
     from core.threads import use_threads
     from search.retrain.pipeline import Request, retrain_best
+    from search.study.storage import trust_network
 
     request = Request(study=args.study, storage=args.storage, top_k=args.top_k, seeds=args.seeds, fuse=args.fuse,
                       inputs_from=args.inputs_from, epochs=args.epochs, data=args.data, cpu=args.cpu, gpu=args.gpu,
@@ -58,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)
-        retrain_best(request, log=lambda line: print(line, flush=True))
+        log = lambda line: print(line, flush=True)  # noqa: E731
+        if args.trusted_network:
+            trust_network(args.storage, log)
+        retrain_best(request, log=log)
     return run_command(body)
 
 

@@ -1,7 +1,7 @@
 """Run (or resume) a hyperparameter study: Ray Tune runs the trials, Optuna's sampler proposes them.
 
     python search/run_study.py studies/demo.yaml
-    python search/run_study.py studies/muse_valence.yaml --storage postgresql://user:pw@host/db --ray-address auto
+    python search/run_study.py studies/muse_valence.yaml --storage "postgresql://user:pw@host/db?sslmode=verify-full" --ray-address auto
     python search/dashboard.py sqlite:///runs/studies.db          # watch it live
 
 Rerunning the same command continues the study: finished trials are kept, trials left RUNNING by
@@ -40,9 +40,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join this Ray cluster (auto, or host:port) (default: $RAY_ADDRESS, else "
                                          "a local Ray of this process)")
     p.add_argument("--dashboard", type=int, nargs="?", const=8080, metavar="PORT",
-                   help="also serve optuna-dashboard on this port, 8080 when given without one (default: not served)")
+                   help="also serve optuna-dashboard on this port, 8080 when given without one, read-only, on "
+                        "loopback, asking for $MUSE_DASHBOARD_CREDENTIALS(_FILE) where set (default: not served)")
     p.add_argument("--force", action="store_true",
                    help="continue a study of this name even if it was defined differently")
+    p.add_argument("--trusted-network", action="store_true",
+                   help="accept a PostgreSQL storage on another machine without TLS (logged)")
     return p
 
 
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from search import dashboard
     from search.study.driver import run_study
     from search.study.file import load_study_file
+    from search.study.storage import trust_network
 
     overrides = {k: getattr(args, k) for k in ("study", "storage", "data", "trials", "max_epochs", "train_frames",
                                                  "wall_time_s", "sampler", "seed", "pruner", "cpu", "gpu")}
@@ -61,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)
         log = lambda line: print(line, flush=True)  # noqa: E731
         spec = load_study_file(args.study_file, overrides)
+        if args.trusted_network:
+            trust_network(spec.storage, log)
         if args.dashboard:
-            dashboard.serve(spec.storage, args.dashboard, log=log, background=True)
+            # the dashboard command's credentials, where its environment gives them; else loopback only
+            credentials = dashboard.load_credentials(os.environ.get(dashboard.CREDENTIALS_FILE_ENV))
+            dashboard.serve(spec.storage, args.dashboard, log=log, background=True, credentials=credentials)
         run_study(spec, force=args.force, ray_address=args.ray_address, log=log)
         log(watch_line(spec.storage))
     return run_command(body)

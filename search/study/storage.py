@@ -1,13 +1,15 @@
 """Opening an Optuna storage: SQLite by default, PostgreSQL for several machines.
 
 A URL that does not answer fails within seconds with one clear message; passwords never reach logs.
+A PostgreSQL server on another machine is reached over TLS only (libpq's default, sslmode=prefer, falls
+back to plaintext unasked), unless the user says the network is trusted.
 A driver's storage has Optuna's trial heartbeat on: a RUNNING trial whose heartbeat stops (its
 driver died) is failed by any driver after STALE_AFTER_S and does not count against the budget.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,8 @@ HEARTBEAT_S = int(os.environ.get("MUSE_HEARTBEAT_S", 10))  # tests shorten it
 STALE_AFTER_S = 6 * HEARTBEAT_S
 RETRY_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # then the error stands: the storage is really gone
 SCHEMA_LOCK_KEY = int.from_bytes(b"muse-opt", "big") >> 1  # a PostgreSQL advisory lock id of this service's own
+TLS_MODES = ("require", "verify-ca", "verify-full")  # the sslmodes that never fall back to plaintext
+_trusted: set[str] = set()  # URLs this process was told (--trusted-network) to reach without TLS
 T = TypeVar("T")
 
 
@@ -54,7 +58,53 @@ def mask(url: str) -> str:
 
 
 def _secret(key: str) -> bool:
-    return any(word in key.lower() for word in ("password", "passwd", "secret", "token"))
+    # sslpassword and sslkey: the client key's passphrase and where that key lies
+    return any(word in key.lower() for word in ("password", "passwd", "secret", "token", "sslkey"))
+
+
+def plaintext_remote_host(url: str) -> str | None:
+    """The first non-loopback host a PostgreSQL URL reaches without asking for TLS (sslmode require,
+    verify-ca or verify-full, in the URL or libpq's PGSSLMODE), or None. The query's host= and
+    hostaddr= count too: libpq connects there rather than to the URL's host."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    mode = parsed.query.get("sslmode") or os.environ.get("PGSSLMODE", "")
+    if (mode[-1] if isinstance(mode, tuple) else mode) in TLS_MODES:
+        return None
+    hosts = [parsed.host or ""]
+    for key in ("host", "hostaddr"):
+        value = parsed.query.get(key)
+        hosts += list(value) if isinstance(value, tuple) else [value] if value else []
+    names = [name.strip() for host in hosts for name in host.split(",")]
+    return next((name for name in names if not _loopback(name)), None)
+
+
+def _loopback(host: str) -> bool:
+    if host in ("", "localhost") or host.startswith("/"):  # no host or a folder: a Unix socket on this machine
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere, so it counts as another machine
+
+
+def trust_network(url: str, log: Callable[[str], None]) -> None:
+    """--trusted-network: accept plaintext to another machine for this URL in this process, and say so
+    where the URL would otherwise be refused (only this flag lets it through, so it is always logged)."""
+    _trusted.add(url)
+    host = plaintext_remote_host(url)
+    if host:
+        log(f"storage {mask(url)}: --trusted-network: connecting to {host} without requiring TLS; its password "
+            "and the studies cross the network readable by anyone on it")
+
+
+def _require_tls(url: str) -> None:
+    host = plaintext_remote_host(url)
+    if host and url not in _trusted:
+        raise StorageError(f"storage {mask(url)}: {host} is another machine and the URL does not ask for TLS: add "
+                           "?sslmode=verify-full&sslrootcert=<the server's CA file> (or sslmode=require), or pass "
+                           "--trusted-network on a network you trust")
 
 
 def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> optuna.storages.RDBStorage:
@@ -66,6 +116,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
                            "postgresql://user:password@host:5432/db)") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StorageError(f"storage {mask(url)}: use sqlite:///path.db or postgresql://...")
+    _require_tls(url)
     # a dropped connection is replaced, not reused
     engine_kwargs: dict = {"pool_pre_ping": True, "connect_args": connect_args(url)}
     if parsed.get_backend_name() == "sqlite":
@@ -79,6 +130,8 @@ def open_storage(url: str, *, create: bool = True, heartbeat: bool = False) -> o
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        if "does not match host name" in reason:
+            reason += " (connect by a name the certificate holds, or make one for this name: deploy/make-secrets.sh)"
         raise StorageError(f"storage {mask(url)} does not answer or cannot be used: {reason}") from None
 
 
