@@ -23,7 +23,7 @@ class Batch:
 
 class FrameInputs:
     """The chosen feature sets (and segment id) of a corpus, on a device, standardized as configured
-    with the statistics of the training videos.
+    with the statistics of the training videos, gaps filled with their columns' means over those videos.
 
     The corpus arrays are moved to the device once; each batch is gathered by index from them and
     standardized on the fly, so no per-run copy of the data set is ever made on the host (several
@@ -48,6 +48,9 @@ class FrameInputs:
         self.mean = torch.tensor(np.concatenate(means), dtype=torch.float32, device=self.device)
         self.inv_std = 1 / torch.tensor(np.concatenate(stds), dtype=torch.float32, device=self.device)
         self.d_in = int(self.mean.numel())
+        has_gaps = any(corpus.nonfinite.get(n) for n in names)
+        self.fill = (torch.tensor(np.concatenate([stats[n][0] for n in names]), dtype=torch.float32,
+                                  device=self.device) if has_gaps else None)
         columns = [corpus.targets.index(t) for t in cfg.emo_dim_set]
         self.labels = _tensor(np.ascontiguousarray(corpus.labels[:, columns]), self.device)
 
@@ -56,6 +59,8 @@ class FrameInputs:
         frames, mask = frames.to(self.device), mask.to(self.device)
         flat = frames.flatten()
         x = torch.cat([block.index_select(0, flat) for block in self.blocks], dim=-1).view(*frames.shape, -1)
+        if self.fill is not None:  # before the mask: NaN * 0 would stay NaN on padding
+            x = torch.where(torch.isnan(x), self.fill, x)
         x.sub_(self.mean).mul_(self.inv_std).mul_(mask[..., None])  # in place: x is the largest tensor of a step
         y = self.labels.index_select(0, flat).view(*frames.shape, -1) if with_labels else None
         return Batch(x, y, mask, packed_lengths, frames)

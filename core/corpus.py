@@ -3,6 +3,8 @@
 Videos are ordered train, devel, test, so each partition is one contiguous range of frames and a
 window is just a (start, length) pair into these arrays. Test labels are read only when asked for:
 a corpus loaded without them (as every search loads it) does not hold them and refuses to give them.
+Gaps in the features (empty, NaN or inf cells) stay NaN here: each run fills them with its columns'
+means over the videos it trains on (core.batching), so no statistic of other videos reaches it.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +35,15 @@ class Corpus:
     partition_videos: dict[str, tuple[int, int]]  # [first, last + 1) video index of each partition
     timestamps: np.ndarray  # (N,) int64 milliseconds
     segment_ids: np.ndarray  # (N,) int32
-    features: dict[str, np.ndarray]  # name -> (N, D) float32, gaps filled with the column's train mean
+    features: dict[str, np.ndarray]  # name -> (N, D) float32, NaN in the gaps
     video_sums: dict[str, np.ndarray]  # name or "seg_id" -> (V, 2, D) float64: per video, sum and sum of squares
+                                       # of the cells that are not gaps
     labels: np.ndarray  # (frames with labels, T): train and devel, plus test only if loaded with test labels
     has_test_labels: bool
     fingerprint: str  # content of the loaded sets, labels (not test's) and partition: provenance
     content_hashes: dict[str, str] = field(default_factory=dict)  # "features:<set>" / "labels:<target>"
     nonfinite: dict[str, int] = field(default_factory=dict)  # feature set -> cells that were NaN or inf
+    video_gaps: dict[str, np.ndarray] = field(default_factory=dict)  # set with gaps -> (V, D) int64 gaps per video
     parsed: tuple[str, ...] = ()  # cache entries this load built from CSV (empty: all from the cache)
 
     def videos(self, partition: str) -> range:
@@ -56,14 +61,18 @@ class Corpus:
 
     def stats_for(self, videos) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Mean and std per column over the frames of these videos (a split's training videos), for
-        every feature set and the segment id; a column constant there is only centred."""
+        every feature set and the segment id. The mean is over the cells that are not gaps, and it is what
+        a run trained on these videos fills its gaps with; the std is that of the frames so filled. A column
+        constant there is only centred."""
         videos = np.asarray(videos, dtype=np.int64)
         n = int(self.lengths(videos).sum())
         stats = {}
         for name, sums in self.video_sums.items():
-            total, squares = sums[videos].sum(axis=0) / n
-            std = np.sqrt(np.maximum(squares - total ** 2, 0.0))
-            stats[name] = total.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+            total, squares = sums[videos].sum(axis=0)
+            gaps = self.video_gaps[name][videos].sum(axis=0) if name in self.video_gaps else 0
+            mean = total / np.maximum(n - gaps, 1)
+            std = np.sqrt(np.maximum((squares + gaps * mean ** 2) / n - mean ** 2, 0.0))
+            stats[name] = mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
         return stats
 
     def labels_for(self, videos) -> np.ndarray:
@@ -119,7 +128,7 @@ class Corpus:
     def describe(self) -> str:
         counts = ", ".join(f"{p} {len(self.videos(p))}" for p in PARTITIONS)
         sets = ", ".join(f"{n} ({d})" for n, d in self.dims.items())
-        gaps = "".join(f"; {n}: {c} NaN/inf cells filled with the train mean"
+        gaps = "".join(f"; {n}: {c} NaN/inf cells, each run fills them with its training videos' mean"
                        for n, c in self.nonfinite.items() if c)
         return f"{len(self.video_ids)} videos ({counts}), {len(self.timestamps)} frames, features {sets}{gaps}"
 
@@ -129,33 +138,72 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
                 nonfinite: str = "mean", cache_dir: Path | None = None,
                 log: Callable[[str], None] | None = None) -> Corpus:
     """Read (or take from the cache) the given feature sets and targets of the MuSe data set at `root`;
-    log, if given, hears how far a first parse got every 10 s."""
+    log, if given, hears how far a first parse got every 10 s. nonfinite="error" refuses feature sets
+    with gaps instead of leaving them to each run to fill."""
     root = Path(root)
     feature_sets, targets = tuple(feature_sets), tuple(targets)
     _check_names(root, feature_sets, targets, nonfinite)
     split = read_partition(root)
     videos = [v for p in PARTITIONS for v in split[p]]
-    labelled = split["train"] + split["devel"]
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     parsed: list[str] = []
 
-    features, reference = {}, None
+    entries, rows, reference = _load_features(root, feature_sets, videos, cache_dir, parsed, log)
+    labels, label_hashes = _load_labels(root, targets, split, test_labels, reference, cache_dir, parsed, log)
+    offsets = np.concatenate([[0], np.cumsum(rows["lengths"])]).astype(np.int64)
+    if nonfinite == "error":
+        _refuse_gaps(root, entries)
+    gaps = {name: sum(manifest["nonfinite"].values()) for name, (_, manifest, _) in entries.items()}
+    sums, video_gaps = {}, {}
+    for name, (folder, _, values) in entries.items():
+        sums[name] = _derived_array(folder, "sums-raw.npy", partial(_video_sums, values, offsets))
+        if gaps[name]:
+            video_gaps[name] = _derived_array(folder, "gaps.npy", partial(_video_gaps, values, offsets))
+    sums["seg_id"] = _video_sums(rows["segment_ids"][:, None].astype(np.float32), offsets)
+
+    bounds = np.cumsum([0] + [len(split[p]) for p in PARTITIONS])
+    hashes = {f"features:{n}": entries[n][1]["content_hash"] for n in feature_sets}
+    hashes |= {f"labels:{t}": h for t, h in zip(targets, label_hashes)}
+    return Corpus(
+        root=str(root), feature_sets=feature_sets, targets=targets,
+        video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets,
+        partition_videos={p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(PARTITIONS)},
+        timestamps=rows["timestamps"], segment_ids=rows["segment_ids"],
+        features={name: values for name, (_, _, values) in entries.items()}, video_sums=sums, labels=labels,
+        has_test_labels=test_labels, fingerprint=_fingerprint(split, hashes, feature_sets, targets),
+        content_hashes=hashes, nonfinite=gaps, video_gaps=video_gaps, parsed=tuple(parsed))
+
+
+def _load_features(root: Path, feature_sets: tuple[str, ...], videos: list[int], cache_dir: Path, parsed: list[str],
+                   log) -> tuple[dict[str, tuple], dict[str, np.ndarray], dict[int, tuple[Path, np.ndarray]]]:
+    """Each feature set's cache entry (folder, manifest, values); the first set's rows (lengths per video,
+    timestamps, segment ids), which every other set and the labels must match; and each video's file and
+    timestamps in it, to name the file a mismatch is checked against."""
+    entries, rows, reference = {}, {}, {}
     for name in feature_sets:
         check_files(root / FEATURE_DIR / name, videos, f"'{name}' feature")
         folder, (manifest, values, arrays) = _feature_entry(root, name, videos, cache_dir, parsed, log)
         files = [feature_file(root, name, v) for v in videos]
-        if reference is None:  # the first feature set's rows are the frame index everything must match
-            lengths, timestamps, segment_ids = arrays["lengths"], arrays["timestamps"], arrays["segment_ids"]
-            reference = dict(zip(videos, zip(files, _per_video(timestamps, lengths))))
+        if not reference:
+            rows = arrays
+            reference = dict(zip(videos, zip(files, _per_video(arrays["timestamps"], arrays["lengths"]))))
         _check_aligned(files, videos, arrays, reference)
-        features[name] = (folder, manifest, values)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        entries[name] = (folder, manifest, values)
+    return entries, rows, reference
 
+
+def _load_labels(root: Path, targets: tuple[str, ...], split: dict[str, list[int]], test_labels: bool,
+                 reference: dict[int, tuple[Path, np.ndarray]], cache_dir: Path, parsed: list[str],
+                 log) -> tuple[np.ndarray, list[str]]:
+    """(frames with labels, targets) labels of train and devel (and test, if asked for), and each
+    target's content hash over train and devel."""
+    videos = [v for p in PARTITIONS for v in split[p]]
+    labelled = split["train"] + split["devel"]
+    parts = [("labelled", labelled)] + ([("test", split["test"])] if test_labels else [])
     label_columns, label_hashes = [], []
     for target in targets:
         check_files(root / LABEL_DIR / target, labelled + (split["test"] if test_labels else []),
                     f"'{target}' label", videos)
-        parts = [("labelled", labelled)] + ([("test", split["test"])] if test_labels else [])
         columns = []
         for part, ids in parts:
             manifest, values, arrays = _label_entry(root, target, part, ids, cache_dir, parsed, log)
@@ -164,40 +212,17 @@ def load_corpus(root: str | Path, feature_sets: list[str] | tuple[str, ...],
             if part == "labelled":
                 label_hashes.append(manifest["content_hash"])
         label_columns.append(np.concatenate(columns))
-    labels = np.stack(label_columns, axis=1)
+    return np.stack(label_columns, axis=1), label_hashes
 
-    counts = {p: len(split[p]) for p in PARTITIONS}
-    bounds = np.cumsum([0] + [counts[p] for p in PARTITIONS])
-    partition_videos = {p: (int(bounds[i]), int(bounds[i + 1])) for i, p in enumerate(PARTITIONS)}
-    train = slice(0, int(offsets[bounds[1]]))
-    arrays, sums, gaps = {}, {}, {}
-    for name, (folder, manifest, values) in features.items():
-        gaps[name] = sum(manifest["nonfinite"].values())
-        if gaps[name] and nonfinite == "error":
+
+def _refuse_gaps(root: Path, entries: dict[str, tuple]) -> None:
+    for name, (_, manifest, _) in entries.items():
+        gaps = sum(manifest["nonfinite"].values())
+        if gaps:
             worst = sorted(manifest["nonfinite"].items(), key=lambda kv: -kv[1])[:10]
             files = ", ".join(f"{feature_file(root, name, v)} ({c})" for v, c in worst)
-            raise DataError(f"feature set '{name}' has {gaps[name]} NaN/inf cells: {files}; "
-                            "use nonfinite='mean' (--nonfinite mean) to fill them with the train mean")
-        variant = "raw"
-        if gaps[name]:  # a filled copy beside the entry, for this train partition's means
-            fill = _train_mean(values[train])
-            variant = f"filled-{hashlib.sha1(fill.tobytes()).hexdigest()[:16]}"
-            path = derived(folder, f"{variant}.bin", lambda f: _write_filled(values, fill, f))
-            values = np.memmap(path, dtype=np.float32, mode="r", shape=values.shape)
-        arrays[name] = values
-        sums[name] = np.load(derived(folder, f"sums-{variant}.npy",
-                                     lambda f: np.save(f, _video_sums(values, offsets))))  # noqa: B023
-    sums["seg_id"] = _video_sums(segment_ids[:, None].astype(np.float32), offsets)
-
-    hashes = {f"features:{n}": features[n][1]["content_hash"] for n in feature_sets}
-    hashes |= {f"labels:{t}": h for t, h in zip(targets, label_hashes)}
-    return Corpus(
-        root=str(root), feature_sets=feature_sets, targets=targets,
-        video_ids=np.asarray(videos, dtype=np.int64), offsets=offsets, partition_videos=partition_videos,
-        timestamps=timestamps, segment_ids=segment_ids,
-        features=arrays, video_sums=sums, labels=labels,
-        has_test_labels=test_labels, fingerprint=_fingerprint(split, hashes, feature_sets, targets),
-        content_hashes=hashes, nonfinite=gaps, parsed=tuple(parsed))
+            raise DataError(f"feature set '{name}' has {gaps} NaN/inf cells: {files}; use nonfinite='mean' "
+                            "(--nonfinite mean) to fill them with the mean of each run's training videos")
 
 
 def _fingerprint(split: dict[str, list[int]], hashes: dict[str, str], feature_sets: tuple[str, ...],
@@ -260,8 +285,8 @@ def _feature_entry(root: Path, name: str, videos: list[int], cache_dir: Path, pa
         except BaseException:
             writer.discard()
             raise
-        if not gaps:  # the sums load_corpus needs, made while each file was at hand instead of in one more pass
-            derived(folder, "sums-raw.npy", lambda out: np.save(out, np.concatenate(sums)))
+        # the sums load_corpus needs, made while each file was at hand instead of in one more pass
+        derived(folder, "sums-raw.npy", lambda out: np.save(out, np.concatenate(sums)))
     return folder, read_entry(folder, ("lengths", "timestamps", "segment_ids"))
 
 
@@ -309,29 +334,26 @@ def _check_aligned(files: list[Path], videos: list[int], arrays: dict[str, np.nd
         raise DataError(f"{path}: timestamps do not line up with the features: {detail}")
 
 
-def _train_mean(train: np.ndarray, chunk_rows: int = 32768) -> np.ndarray:
-    """Mean per column ignoring NaN, in row chunks: no float64 copy of the matrix."""
-    chunks = [train[i:i + chunk_rows] for i in range(0, len(train), chunk_rows)]
-    total = sum(np.nansum(chunk, axis=0, dtype=np.float64) for chunk in chunks)
-    count = sum((~np.isnan(chunk)).sum(axis=0) for chunk in chunks)
-    return (total / np.maximum(count, 1)).astype(np.float32)
-
-
-def _write_filled(values: np.ndarray, fill: np.ndarray, out, chunk_rows: int = 32768) -> None:
-    """values with every NaN replaced by its column's fill value, written in row chunks."""
-    for i in range(0, len(values), chunk_rows):
-        chunk = np.array(values[i:i + chunk_rows])
-        rows, cols = np.nonzero(np.isnan(chunk))
-        chunk[rows, cols] = fill[cols]
-        out.write(chunk.tobytes())
+def _derived_array(folder: Path, name: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """An array made from a cache entry the first time it is asked for, and kept beside the entry."""
+    return np.load(derived(folder, name, lambda out: np.save(out, make())))
 
 
 def _video_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(V, 2, D) float64: each video's column sums and sums of squares, from which the statistics of any
-    set of videos (a split's training videos) follow without another pass over the frames."""
+    """(V, 2, D) float64: each video's column sums and sums of squares over the cells that are not gaps,
+    from which the statistics of any set of videos (a split's training videos) follow without another
+    pass over the frames."""
     out = np.empty((len(offsets) - 1, 2, values.shape[1]))
     for v, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
         block = values[a:b]  # summed in float64 without a float64 copy: a third of the time at 4,096 columns
+        gaps = np.isnan(block)
+        if gaps.any():
+            block = np.where(gaps, np.float32(0), block)
         out[v, 0] = block.sum(axis=0, dtype=np.float64)
         out[v, 1] = np.einsum("ij,ij->j", block, block, dtype=np.float64)
     return out
+
+
+def _video_gaps(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(V, D) int64: each video's gaps (NaN cells) per column."""
+    return np.stack([np.isnan(values[a:b]).sum(axis=0) for a, b in zip(offsets[:-1], offsets[1:])]).astype(np.int64)

@@ -87,8 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     p.add_argument("--cache_dir", type=Path, help="parsed-CSV cache (default: $MUSE_CACHE_DIR or ~/.cache/muse-search)")
     p.add_argument("--nonfinite", default="mean", choices=["mean", "error"],
-                   help="NaN/inf feature cells: fill with the train mean (counted), or stop with an error "
-                        "(default: %(default)s)")
+                   help="NaN/inf feature cells: fill with their column's mean over the training videos "
+                        "(counted), or stop with an error (default: %(default)s)")
     p.add_argument("--save", type=Path, help="write the best model and its devel/test predictions here "
                                              "(default: not saved)")
     add_flags(p)

@@ -2,14 +2,20 @@
 
 As in the entry: Adam, ReduceLROnPlateau on the selection CCC, early stopping, optional gradient
 clipping; the loss is 1 - CCC per window averaged over the batch (or MSE/L1), weighted over targets;
-selection and scores use CCC over all frames of the videos concatenated. Each epoch's report says
-how far the run got, what it scored and, on the last epoch, why it stopped.
+selection and scores use CCC over all frames of the videos concatenated. Each report says how far
+the run got, what it scored and, on the last one, why it stopped.
+
+Work is counted in training frames: a window's frames each time it is seen. A report comes at each
+epoch's end and, part-way through an epoch, at the batch that reaches a milestone (a scheduler's rung)
+or the frame cap, so that runs of any window, hop and batch size are compared after the same work,
+give or take one batch.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,17 +35,18 @@ from core.windows import batch_order, train_windows
 
 @dataclass
 class EpochReport:
-    epoch: int
+    epoch: int  # the epoch trained in (a part-way report's epoch has not ended)
     train_loss: float
     frames: int  # training frames processed so far in this run (a window's frames count each time it is seen)
-    select_ccc: dict[str, float]  # this epoch's CCC on the selection videos
-    best_epoch: int  # the epoch with the best mean selection CCC so far: its weights are kept
+    select_ccc: dict[str, float]  # CCC on the selection videos at this report
+    best_epoch: int  # the epoch of the report with the best mean selection CCC so far: its weights are kept
     best_select: float
     score_ccc: dict[str, float]  # CCC on the scoring videos at best_epoch
     lr: float
-    seconds: float  # the whole epoch
+    seconds: float  # since the previous report (a whole epoch when there is no part-way report)
     eval_seconds: float  # of which evaluation
-    stop_reason: str | None = None  # "early_stop", "max_frames" or "max_epochs" on a run's last epoch
+    stop_reason: str | None = None  # "early_stop", "max_frames" or "max_epochs" on a run's last report
+    part_way: bool = False  # made at a milestone or the frame cap before the epoch's end
 
     @property
     def final(self) -> bool:
@@ -86,10 +93,14 @@ class TrainResult:
 
 def train(corpus: Corpus, cfg: TrainConfig, split: Split | None = None, *, device: torch.device | str = "cpu",
           on_epoch: Callable[[EpochReport], None] | None = None, log: Callable[[str], None] | None = print,
-          frames_per_pass: int = FRAMES_PER_PASS) -> TrainResult:
+          frames_per_pass: int = FRAMES_PER_PASS, milestones: Sequence[int] = ()) -> TrainResult:
     """Train on windows of split.train (default: the train partition, selected and scored on devel).
 
-    on_epoch receives each epoch's report; it may raise (a pruner does) to end the run there.
+    milestones: training frames of this run at which to report part-way through an epoch (a scheduler's
+    rungs); the run stops part-way too once cfg.max_frames is reached. Every report evaluates the model
+    on the selection videos, and the best of them gives the weights kept; the learning rate plateau and
+    early stopping count whole epochs, as without milestones, and the training itself is the same.
+    on_epoch receives each report; it may raise (a pruner does) to end the run there.
     """
     cfg.check()
     split = split or make_splits(corpus, 1)[0]
@@ -102,79 +113,108 @@ def train(corpus: Corpus, cfg: TrainConfig, split: Split | None = None, *, devic
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.l2_penalty)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=cfg.lr_patience,
                                                            factor=cfg.lr_factor, min_lr=cfg.min_lr)
-    columns = [corpus.targets.index(t) for t in cfg.emo_dim_set]
-    select_labels = corpus.labels_for(split.select)[:, columns]
-    score_labels = select_labels if split.selects_on_score else corpus.labels_for(split.score)[:, columns]
+    best = _Best(corpus, inputs, split, cfg, frames_per_pass)
 
     history: list[EpochReport] = []
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch, best_select, score, frames = 0, -np.inf, {}, 0
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_start = time.perf_counter()
-        train_loss = _fit_epoch(model, optimizer, inputs, starts, lengths, cfg, rng, frames_per_pass, epoch)
-        frames += int(lengths.sum())
+    since = time.perf_counter()
+    for epoch, frames, train_loss, epoch_end in _train_until_reports(model, optimizer, inputs, starts, lengths, cfg,
+                                                                      rng, frames_per_pass, sorted(milestones)):
         eval_start = time.perf_counter()
-        select = _scores(model, inputs, split.select, select_labels, cfg, frames_per_pass, epoch)
-        mean = float(np.mean(list(select.values())))
-        if mean > best_select:
-            best_epoch, best_select = epoch, mean
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            score = select if split.selects_on_score else _scores(model, inputs, split.score, score_labels, cfg,
-                                                                  frames_per_pass, epoch)
-        scheduler.step(mean)
-        stop_reason = ("early_stop" if epoch - best_epoch >= cfg.early_stop
+        select = best.evaluate(model, epoch)
+        if epoch_end:
+            scheduler.step(float(np.mean(list(select.values()))))
+        stop_reason = ("early_stop" if epoch_end and epoch - best.epoch >= cfg.early_stop
                        else "max_frames" if 0 < cfg.max_frames <= frames
-                       else "max_epochs" if epoch == cfg.epochs else None)
+                       else "max_epochs" if epoch_end and epoch == cfg.epochs else None)
         now = time.perf_counter()
-        report = EpochReport(epoch, train_loss, frames, select, best_epoch, best_select, dict(score),
-                             optimizer.param_groups[0]["lr"], now - epoch_start, now - eval_start, stop_reason)
+        report = EpochReport(epoch, train_loss, frames, select, best.epoch, best.select, dict(best.score),
+                             optimizer.param_groups[0]["lr"], now - since, now - eval_start, stop_reason,
+                             part_way=not epoch_end)
         history.append(report)
         if log:
-            log(f"epoch {epoch:3d} | loss {train_loss:.4f} | {split.name} CCC "
+            log(f"epoch {epoch:3d}{' (part)' if report.part_way else ''} | loss {train_loss:.4f} | {split.name} CCC "
                 + " ".join(f"{t} {v:.4f}" for t, v in select.items())
-                + f" | best {best_select:.4f} @{best_epoch} | lr {report.lr:.1e} | {report.seconds:.1f}s")
+                + f" | best {best.select:.4f} @{best.epoch} | lr {report.lr:.1e} | {report.seconds:.1f}s")
         if on_epoch:
             on_epoch(report)
         if report.final:
             break
+        since = time.perf_counter()
     return TrainResult(copy.deepcopy(cfg), split, history, time.perf_counter() - start, corpus.fingerprint,
-                       inputs, best_state)
+                       inputs, best.state)
 
 
-def _scores(model: Model, inputs: FrameInputs, videos: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
-            frames_per_pass: int, epoch: int) -> dict[str, float]:
-    preds = predict_videos(model, inputs, videos, frames_per_pass)
-    if not np.isfinite(preds).all():
-        raise TrainingDiverged(f"predictions are not finite after epoch {epoch}")
-    return ccc_per_target(preds, labels, cfg.emo_dim_set)
+class _Best:
+    """The selection videos' CCC at each report, and the best report so far: its epoch, its weights and
+    its score on the scoring videos (computed only when a report becomes the best)."""
+
+    def __init__(self, corpus: Corpus, inputs: FrameInputs, split: Split, cfg: TrainConfig, frames_per_pass: int):
+        self.inputs, self.split, self.cfg, self.frames_per_pass = inputs, split, cfg, frames_per_pass
+        columns = [corpus.targets.index(t) for t in cfg.emo_dim_set]
+        self.select_labels = corpus.labels_for(split.select)[:, columns]
+        self.score_labels = (self.select_labels if split.selects_on_score
+                             else corpus.labels_for(split.score)[:, columns])
+        self.epoch, self.select, self.score = 0, -np.inf, {}
+        self.state: dict[str, torch.Tensor] = {}
+
+    def evaluate(self, model: Model, epoch: int) -> dict[str, float]:
+        select = self._ccc(model, self.split.select, self.select_labels, epoch)
+        mean = float(np.mean(list(select.values())))
+        if mean > self.select:
+            self.epoch, self.select = epoch, mean
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.score = select if self.split.selects_on_score else self._ccc(model, self.split.score,
+                                                                              self.score_labels, epoch)
+        return select
+
+    def _ccc(self, model: Model, videos: np.ndarray, labels: np.ndarray, epoch: int) -> dict[str, float]:
+        preds = predict_videos(model, self.inputs, videos, self.frames_per_pass)
+        if not np.isfinite(preds).all():
+            raise TrainingDiverged(f"predictions are not finite in epoch {epoch}")
+        return ccc_per_target(preds, labels, self.cfg.emo_dim_set)
 
 
-def _fit_epoch(model: Model, optimizer: torch.optim.Optimizer, inputs: FrameInputs, starts: np.ndarray,
-               lengths: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, frames_per_pass: int,
-               epoch: int) -> float:
-    """One pass over the training windows in random batches; returns the mean batch loss."""
-    model.train()
-    weights = cfg.loss_weight_values
-    total, n_windows = 0.0, 0
-    for batch_index, windows in enumerate(batch_order(lengths, cfg.batch_size, cfg.win_len, rng)):
-        optimizer.zero_grad(set_to_none=True)
-        count, value = loss_count(cfg.loss, lengths[windows]), 0.0
-        # A batch of 1024 windows would hold GBs of activations at once; its loss is a sum over
-        # windows (or frames), so pieces of at most frames_per_pass frames give the same gradient.
-        for part in np.array_split(windows, -(-int(lengths[windows].sum()) // frames_per_pass)):
-            batch = inputs.batch(starts[part], lengths[part])
-            with autocast(cfg, inputs.device):
-                pred = model(batch.x, batch.lengths)
-            pred = pred.float()  # the loss, like the metric, in float32
-            loss = sum(w * loss_sum(cfg.loss, pred[..., j], batch.y[..., j], batch.mask)
-                       for j, w in enumerate(weights)) / count
-            loss.backward()
-            value += loss.item()
-        if not np.isfinite(value):
-            raise TrainingDiverged(f"training loss became {value} at epoch {epoch}, batch {batch_index + 1} "
-                                   f"(lr {optimizer.param_groups[0]['lr']:g})")
-        if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        total, n_windows = total + value * len(windows), n_windows + len(windows)
-    return total / n_windows
+def _train_until_reports(model: Model, optimizer: torch.optim.Optimizer, inputs: FrameInputs, starts: np.ndarray,
+                         lengths: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, frames_per_pass: int,
+                         milestones: list[int]) -> Iterator[tuple[int, int, float, bool]]:
+    """Epochs of random batches, trained one batch at a time. Pauses with (epoch, training frames so far,
+    the epoch's mean batch loss so far, whether the epoch ended) at each epoch's end and after the batch
+    that reaches a milestone or cfg.max_frames; the caller evaluates then and stops when it is done."""
+    frames, passed = 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        total, n_windows = 0.0, 0
+        batches = batch_order(lengths, cfg.batch_size, cfg.win_len, rng)
+        for index, windows in enumerate(batches, start=1):
+            model.train()  # again at every batch: a report part-way through the epoch left it in eval mode
+            optimizer.zero_grad(set_to_none=True)
+            value = _backward(model, inputs, starts[windows], lengths[windows], cfg, frames_per_pass)
+            if not np.isfinite(value):
+                raise TrainingDiverged(f"training loss became {value} at epoch {epoch}, batch {index} "
+                                       f"(lr {optimizer.param_groups[0]['lr']:g})")
+            if cfg.clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            total, n_windows = total + value * len(windows), n_windows + len(windows)
+            frames += int(lengths[windows].sum())
+            reached = bisect.bisect_right(milestones, frames)
+            if index == len(batches) or reached > passed or 0 < cfg.max_frames <= frames:
+                passed = reached
+                yield epoch, frames, total / n_windows, index == len(batches)
+
+
+def _backward(model: Model, inputs: FrameInputs, starts: np.ndarray, lengths: np.ndarray, cfg: TrainConfig,
+              frames_per_pass: int) -> float:
+    """The gradient of a batch of windows' loss, accumulated in the model; returns the loss."""
+    count, value = loss_count(cfg.loss, lengths), 0.0
+    # A batch of 1024 windows would hold GBs of activations at once; its loss is a sum over
+    # windows (or frames), so pieces of at most frames_per_pass frames give the same gradient.
+    for part in np.array_split(np.arange(len(lengths)), -(-int(lengths.sum()) // frames_per_pass)):
+        batch = inputs.batch(starts[part], lengths[part])
+        with autocast(cfg, inputs.device):
+            pred = model(batch.x, batch.lengths)
+        pred = pred.float()  # the loss, like the metric, in float32
+        loss = sum(w * loss_sum(cfg.loss, pred[..., j], batch.y[..., j], batch.mask)
+                   for j, w in enumerate(cfg.loss_weight_values)) / count
+        loss.backward()
+        value += loss.item()
+    return value

@@ -1,6 +1,5 @@
 """The data layer: reading the MuSe layout, the cache, the test-label lockout, windows, and every bad input."""
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,7 +244,7 @@ def test_empty_partition(root_copy):
         load_corpus(root_copy, ["egemaps"])
 
 
-def test_nan_and_inf_are_filled_and_counted_or_refused(root_copy, tmp_path):
+def test_nan_and_inf_are_kept_as_gaps_and_counted_or_refused(root_copy, tmp_path):
     video = read_partition(root_copy)["train"][0]
     path = feature_file(root_copy, "egemaps", video)
 
@@ -259,9 +258,9 @@ def test_nan_and_inf_are_filled_and_counted_or_refused(root_copy, tmp_path):
     _rewrite(path, poison)
     corpus = load_corpus(root_copy, ["egemaps"], cache_dir=tmp_path)
     assert corpus.nonfinite == {"egemaps": 3}
-    assert np.isfinite(corpus.features["egemaps"]).all()
+    assert np.isnan(corpus.features["egemaps"]).sum() == 3  # each run fills them from its own training videos
     mean, _ = corpus.stats_for(corpus.videos("train"))["egemaps"]
-    assert corpus.features["egemaps"][2, 0] == pytest.approx(mean[0])  # filled with the train mean
+    assert mean[0] == pytest.approx(np.nanmean(corpus.features["egemaps"][corpus.frames("train"), 0]))
     assert "3 NaN/inf cells" in corpus.describe()
     with pytest.raises(DataError, match=rf"'egemaps' has 3 NaN/inf cells: {path} \(3\)"):
         load_corpus(root_copy, ["egemaps"], nonfinite="error", cache_dir=tmp_path)
@@ -350,7 +349,7 @@ def test_a_corpus_travels_as_the_names_of_its_cache_files_and_maps_them(tiny_roo
     np.testing.assert_array_equal(pickle.loads(in_memory).features["fasttext"], corpus.features["fasttext"])
 
 
-def test_mapped_loads_equal_parsed_ones_and_gaps_are_filled_in_a_file_beside_the_entry(root_copy, tmp_path):
+def test_mapped_loads_equal_parsed_ones_gaps_included(root_copy, tmp_path):
     from core.muse_files import read_feature_file
     video = read_partition(root_copy)["train"][0]
     path = feature_file(root_copy, "egemaps", video)
@@ -362,9 +361,8 @@ def test_mapped_loads_equal_parsed_ones_and_gaps_are_filled_in_a_file_beside_the
     rows = read_feature_file(path).values
     k = list(first.video_ids).index(video)
     mapped = second.features["egemaps"][first.offsets[k]:first.offsets[k + 1]]
-    assert np.isnan(rows[1, 1]) and np.isnan(rows).sum() == 1 and mapped[1, 1] == pytest.approx(second.stats_for(second.videos("train"))["egemaps"][0][1], rel=1e-6)
-    np.testing.assert_array_equal(np.delete(mapped, 1, axis=0), np.delete(rows, 1, axis=0))
-    assert Path(second.features["egemaps"].filename).name.startswith("filled-")
+    assert np.isnan(rows[1, 1]) and np.isnan(rows).sum() == 1
+    np.testing.assert_array_equal(mapped, rows)  # NaN where the file has its gap
     assert not second.features["egemaps"].flags.writeable
 
 
