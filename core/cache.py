@@ -4,7 +4,7 @@ An entry's key hashes the source files' paths, sizes and mtimes, so editing or r
 makes a new entry; nothing is pickled, and an entry appears atomically (built in a temporary folder,
 then renamed), so a crash mid-build leaves no half entry behind. Values are memory-mapped read-only:
 a load copies nothing, and every process on a machine that maps an entry shares its pages. Files
-derived from an entry (values with gaps filled, per-video sums) are made once, beside it.
+derived from an entry (per-video sums, gap counts) are made once, beside it.
 """
 from __future__ import annotations
 
