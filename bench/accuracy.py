@@ -242,22 +242,28 @@ def report(results: list[dict]) -> None:
             rows["entry config, service protocol"] = _row(r["entry"], "chosen", target)
         for out, label in ((tpe, "search (TPE)"), (rnd, "random search")):
             rows[f"{label}: chosen config"] = _row(out, "chosen", target)
+            if "refit" in out["test_predictions"]:
+                rows[f"{label}: chosen config refit"] = _row(out, "refit", target)
             rows[f"{label}: delivered ({out['delivered']})"] = _row(out, out["delivered"], target)
         print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min; this test set looked at {r['test']['looks']} "
               "times by all studies)")
         print(f"  {'model':44s} {'CV CCC':>7s} {'test CCC [95 % over videos]':>27s} {'one seed (test)':>17s}")
         for label, (cv, preds, single) in rows.items():
             shown = interval(preds, labels, bounds)
-            print(f"  {label:44s} {cv:7.4f} {shown.estimate:8.4f} [{shown.low:.4f}, {shown.high:.4f}] "
+            print(f"  {label:44s} {'-' if cv is None else f'{cv:.4f}':>7s} {shown.estimate:8.4f} "
+                  f"[{shown.low:.4f}, {shown.high:.4f}] "
                   + (f"{np.mean(single):8.4f} ± {np.std(single):.4f}" if single else f"{'-':>8s}"))
         entry = rows["entry config, entry's protocol (devel)"][1]
         delivered, chosen = _column(tpe["test_predictions"][tpe["delivered"]]), _column(tpe["test_predictions"]["chosen"])
         pairs = [("TPE chosen - entry", chosen, entry, "target >= +0.05"),
                  ("TPE delivered - entry", delivered, entry, "target >= +0.08"),
-                 ("TPE delivered - TPE chosen", delivered, chosen, "target >= -0.005"),
-                 ("TPE chosen - random chosen", chosen, _column(rnd["test_predictions"]["chosen"]), "not a target"),
-                 ("TPE delivered - random delivered", delivered, _column(rnd["test_predictions"][rnd["delivered"]]),
-                  "not a target")]
+                 ("TPE delivered - TPE chosen", delivered, chosen, "target >= -0.005")]
+        if "refit" in tpe["test_predictions"]:
+            pairs.append(("TPE chosen refit - fold models", _column(tpe["test_predictions"]["refit"]), chosen,
+                          "decides the refit default"))
+        pairs += [("TPE chosen - random chosen", chosen, _column(rnd["test_predictions"]["chosen"]), "not a target"),
+                  ("TPE delivered - random delivered", delivered, _column(rnd["test_predictions"][rnd["delivered"]]),
+                   "not a target")]
         for label, a, b, goal in pairs:
             d = paired_interval(a, b, labels, bounds)
             print(f"  {label:34s} {d.estimate:+.4f} [{d.low:+.4f}, {d.high:+.4f}] (paired over test videos; {goal})")

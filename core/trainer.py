@@ -54,11 +54,11 @@ class EpochReport:
 
     @property
     def select(self) -> float:
-        return float(np.mean(list(self.select_ccc.values())))
+        return _mean(self.select_ccc)
 
     @property
     def score(self) -> float:
-        return float(np.mean(list(self.score_ccc.values())))
+        return _mean(self.score_ccc)
 
 
 @dataclass
@@ -100,6 +100,8 @@ def train(corpus: Corpus, cfg: TrainConfig, split: Split | None = None, *, devic
     rungs); the run stops part-way too once cfg.max_frames is reached. Every report evaluates the model
     on the selection videos, and the best of them gives the weights kept; the learning rate plateau and
     early stopping count whole epochs, as without milestones, and the training itself is the same.
+    A split without selection videos (a refit on every pooled video) trains cfg.epochs epochs at the
+    config's learning rate (no plateau to see) and keeps the last weights.
     on_epoch receives each report; it may raise (a pruner does) to end the run there.
     """
     cfg.check()
@@ -121,8 +123,8 @@ def train(corpus: Corpus, cfg: TrainConfig, split: Split | None = None, *, devic
                                                                       rng, frames_per_pass, sorted(milestones)):
         eval_start = time.perf_counter()
         select = best.evaluate(model, epoch)
-        if epoch_end:
-            scheduler.step(float(np.mean(list(select.values()))))
+        if epoch_end and select:
+            scheduler.step(_mean(select))
         stop_reason = ("early_stop" if epoch_end and epoch - best.epoch >= cfg.early_stop
                        else "max_frames" if 0 < cfg.max_frames <= frames
                        else "max_epochs" if epoch_end and epoch == cfg.epochs else None)
@@ -158,11 +160,12 @@ class _Best:
         self.state: dict[str, torch.Tensor] = {}
 
     def evaluate(self, model: Model, epoch: int) -> dict[str, float]:
+        if not len(self.split.select):  # a refit: nothing to select on, so the latest weights are kept
+            self.epoch, self.state = epoch, _weights(model)
+            return {}
         select = self._ccc(model, self.split.select, self.select_labels, epoch)
-        mean = float(np.mean(list(select.values())))
-        if mean > self.select:
-            self.epoch, self.select = epoch, mean
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if _mean(select) > self.select:
+            self.epoch, self.select, self.state = epoch, _mean(select), _weights(model)
             self.score = select if self.split.selects_on_score else self._ccc(model, self.split.score,
                                                                               self.score_labels, epoch)
         return select
@@ -218,3 +221,12 @@ def _backward(model: Model, inputs: FrameInputs, starts: np.ndarray, lengths: np
         loss.backward()
         value += loss.item()
     return value
+
+
+def _weights(model: Model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _mean(ccc: dict[str, float]) -> float:
+    """The mean CCC over targets; NaN for none (a refit is not evaluated)."""
+    return float(np.mean(list(ccc.values()))) if ccc else float("nan")

@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
                                                                           "(default: %(default)s)")
     p.add_argument("--new-test-evaluation", action="store_true",
                    help="score test again although it was scored for this study (recorded)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the chosen config on every train and devel video (its seeds, the folds' median "
+                        "epoch count) and score it on test beside the fold models (default: on)")
     p.add_argument("--trusted-network", action="store_true",
                    help="accept a PostgreSQL storage on another machine without TLS (logged)")
     return p
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     request = Request(study=args.study, storage=args.storage, top_k=args.top_k, seeds=args.seeds, fuse=args.fuse,
                       inputs_from=args.inputs_from, epochs=args.epochs, data=args.data, cpu=args.cpu, gpu=args.gpu,
-                      ray_address=args.ray_address, out_dir=args.out, new_test_evaluation=args.new_test_evaluation)
+                      ray_address=args.ray_address, out_dir=args.out, new_test_evaluation=args.new_test_evaluation,
+                      refit=args.refit)
 
     def body() -> None:
         print(f"driver: {use_threads(args.threads)} torch thread(s)", flush=True)

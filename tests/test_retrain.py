@@ -64,6 +64,12 @@ def evaluated(studies):
     return out | {"log": log}
 
 
+def trial_spec(studies):
+    from search.study.file import StudySpec
+    study = optuna.load_study(study_name="valence", storage=studies["storage"])
+    return StudySpec.from_record(study.user_attrs["spec"], studies["storage"])
+
+
 def rows(engine, table, **where):
     with Session(engine) as session:
         query = sa.select(table)
@@ -72,8 +78,24 @@ def rows(engine, table, **where):
         return session.scalars(query).all()
 
 
+def test_the_chosen_config_is_refit_on_every_train_and_devel_video(studies, evaluated):
+    from core.corpus import load_corpus
+    from search.retrain.runs import refit_split
+    refits = rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0 refit")
+    assert len(refits) == 2 and {r.split for r in refits} == {"train+devel"} and {r.seed for r in refits} == {0, 1}
+    best_epochs = [r.best_epoch for r in rows(studies["engine"], FoldRun, study="valence",
+                                              config_key=evaluated["ranking"].iloc[0]["config_key"])]
+    assert {r.config["epochs"] for r in refits} == {int(np.ceil(np.median(best_epochs)))}
+    assert all(r.epochs_run == r.config["epochs"] and r.config["max_frames"] == 0 for r in refits)
+    corpus = load_corpus(trial_spec(studies).data_root, ["egemaps"], ["valence"])
+    split = refit_split(corpus)
+    assert sorted(split.train.tolist()) == list(range(*corpus.partition_videos["train"])) + list(
+        range(*corpus.partition_videos["devel"]))  # every pooled video, and no test video
+    assert len(split.select) == len(split.score) == 0
+
+
 def test_every_fold_run_is_stored_with_provenance(studies, evaluated):
-    runs = rows(studies["engine"], FoldRun, study="valence")
+    runs = rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0")
     assert len(runs) == 3 * 2 * 3 and {r.state for r in runs} == {"COMPLETE"}  # configs x seeds x folds
     assert {r.split for r in runs} == {"fold 1/3", "fold 2/3", "fold 3/3"} and {r.protocol for r in runs} == {"folds=3 seed=0"}
     trials = {t.number: t for t in optuna.load_study(study_name="valence", storage=studies["storage"]).trials}
@@ -89,7 +111,7 @@ def test_every_fold_run_is_stored_with_provenance(studies, evaluated):
 
 def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluated):
     per_seed = {}
-    for run in rows(studies["engine"], FoldRun, study="valence"):
+    for run in rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0"):
         per_seed.setdefault(run.trial_number, {}).setdefault(run.seed, []).append(np.mean(list(run.score_ccc.values())))
     means = {t: np.mean([np.mean(v) for v in seeds.values()]) for t, seeds in per_seed.items()}
     best = max(means, key=means.get)
@@ -105,8 +127,10 @@ def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluate
 
 def test_every_fusion_is_scored_out_of_fold_and_the_simplest_within_noise_is_delivered(studies, evaluated):
     fusions = {f.method: f for f in rows(studies["engine"], FusionResult, study="valence")}
+    refit = fusions.pop("refit")  # shown beside the methods, never delivered: nothing scores it out of fold
     simple_first = ["chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted", "lstm"]
     assert set(fusions) == set(simple_first)
+    assert refit.cv_ccc == {"valence": None} and refit.cv_se is None and refit.test_interval[1] <= refit.test_interval[2]
     for method in ("chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted"):
         weights = fusions[method].weights["valence"]
         assert len(weights) == 6 and min(weights) >= 0 and sum(weights) == pytest.approx(1)  # 3 + 3 configs
@@ -166,7 +190,7 @@ def test_the_standard_split_retrains_on_train_and_fuses_over_devel(studies):
     log = []
     out = retrain_best(request(studies, "valence_devel", top_k=2, seeds=2), log=log.append)
     runs = rows(studies["engine"], FoldRun, study="valence_devel")
-    assert {r.split for r in runs} == {"devel"} and {r.protocol for r in runs} == {"folds=1 seed=0"}
+    assert {(r.split, r.protocol) for r in runs} == {("devel", "folds=1 seed=0"), ("train+devel", "folds=1 seed=0 refit")}
     assert "5 folds over 3 pooled videos" not in "\n".join(log)  # tiny devel: 3 videos, 3 folds
     assert "3 folds over 3 pooled videos" in "\n".join(log)
     assert out["delivered"] in out["cv"]
@@ -227,7 +251,7 @@ def test_a_new_test_evaluation_is_recorded_and_flagged(studies, evaluated):
 def test_more_epochs_train_new_runs_instead_of_reusing_shorter_ones(studies, evaluated):
     before = {r.id for r in rows(studies["engine"], FoldRun, study="valence")}
     retrain_best(request(studies, top_k=1, seeds=1, epochs=5, new_test_evaluation=True), log=lambda line: None)
-    new = [r for r in rows(studies["engine"], FoldRun, study="valence") if r.id not in before]
+    new = [r for r in rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0") if r.id not in before]
     assert len(new) == 3 and {r.config["epochs"] for r in new} == {5}
 
 
@@ -287,20 +311,20 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(studies):
 
 def test_killed_mid_way_a_rerun_reuses_the_finished_runs(studies, evaluated):
     storage, engine = studies["storage"], studies["engine"]
-    before = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE"))
+    before = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE", protocol="folds=3 seed=0"))
     command = [sys.executable, str(REPO / "search" / "retrain_best.py"), "--study", "valence_text", "--storage", storage,
                "--top-k", "3", "--seeds", "3", "--cpu", "1", "--out", str(studies["folder"] / "retrain"),
                "--new-test-evaluation"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               cwd=studies["folder"])
     deadline = time.time() + 180
-    while len(rows(engine, FoldRun, study="valence_text", state="COMPLETE")) < before + 1 and time.time() < deadline:
+    while len(rows(engine, FoldRun, study="valence_text", state="COMPLETE", protocol="folds=3 seed=0")) < before + 1 and time.time() < deadline:
         time.sleep(0.3)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    stored = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE"))
+    stored = len(rows(engine, FoldRun, study="valence_text", state="COMPLETE", protocol="folds=3 seed=0"))
     assert before < stored < 27, "killed after some, not all, new runs"
     out = subprocess.run(command, capture_output=True, text=True, cwd=studies["folder"], timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"retraining 3 config(s) x 3 seed(s) x 3 split(s): {stored} run(s) reused, {27 - stored} to train" in out.stdout
-    assert len(rows(engine, FoldRun, study="valence_text", state="COMPLETE")) == 27
+    assert len(rows(engine, FoldRun, study="valence_text", state="COMPLETE", protocol="folds=3 seed=0")) == 27

@@ -131,7 +131,7 @@ def test_a_config_ranked_on_fewer_seeds_than_asked_is_marked_so():
     full, short = (Candidate("a", n, 0.5, TrainConfig(lr=0.01 * (n + 1)), {"lr": 0.01}, "f") for n in range(2))
 
     def run(seed: int, value: float) -> SeedRun:
-        return SeedRun(seed, [seed], [value], {"valence": [value]}, np.zeros((4, 1)), np.zeros((2, 1)))
+        return SeedRun(seed, [seed], [value], {"valence": [value]}, np.zeros((4, 1)), np.zeros((2, 1)), [1])
     log = []
     ranking = rank({"a": [full, short]}, {full.key: [run(0, 0.4), run(1, 0.5), run(2, 0.6)],
                                          short.key: [run(0, 0.7)]}, primary="a", seeds=3, splits=1, log=log.append)

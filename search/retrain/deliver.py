@@ -65,7 +65,9 @@ def write_files(exp: Experiment, folder: Path, fusions: list[Fused], delivered: 
     devel = exp.plan.rows(corpus.videos("devel"))
     files = {f.method: {partition: (write_predictions(folder / "methods" / f.method, corpus, partition, preds,
                                                       exp.targets), len(preds))
-                        for partition, preds in (("devel", f.oof[devel]), ("test", f.test))} for f in fusions}
+                        for partition, preds in (("devel", f.oof[devel]), ("test", f.test))
+                        if np.isfinite(preds).all()}  # a refit predicts no devel video out of fold
+             for f in fusions}
     shutil.copytree(folder / "methods" / delivered.method, folder / "predictions", dirs_exist_ok=True)
     return files
 
@@ -76,7 +78,7 @@ def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusion
     request = exp.request
     provenance = {"code_version": code_version(), "data_fingerprint": exp.fingerprints[request.study]}
     settings = {"top_k": request.top_k, "seeds": request.seeds, "fuse": request.fuse,
-                "inputs_from": request.inputs_from, "epochs": request.epochs,
+                "inputs_from": request.inputs_from, "epochs": request.epochs, "refit": request.refit,
                 "data": request.data or exp.primary.data_root, "protocol": exp.plan.protocol}
 
     def store() -> int:
@@ -93,7 +95,7 @@ def store_rows(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, fusion
             for f in fusions:
                 session.add(FusionResult(evaluation_id=evaluation.id, study=request.study, method=f.method,
                                          inputs=f.inputs, weights=f.weights,
-                                         cv_ccc=f.cv_ccc, cv_se=choice.standard_errors[f.method],
+                                         cv_ccc=f.cv_ccc, cv_se=choice.standard_errors.get(f.method),
                                          protocol=f.protocol, test_ccc=test.fusions[f.method],
                                          test_interval=_listed(test.intervals.get(f.method)), **provenance))
                 session.add_all(PredictionFile(study=request.study, evaluation_id=evaluation.id, method=f.method,
@@ -116,10 +118,12 @@ def results_table(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, cho
              **{f"test {t}": test.chosen.get(t, {}).get("mean", np.nan) for t in targets}, "test 95 %": ""}]
     for f in fusions:
         shown = test.intervals.get(f.method)
-        rows.append({"model": ("delivered: " if f.method == choice.delivered else "") + f"fusion: {f.method}",
+        kind = "chosen config refit on train + devel" if f.method == "refit" else f"fusion: {f.method}"
+        rows.append({"model": ("delivered: " if f.method == choice.delivered else "") + kind,
                      "scored": f.protocol.split(";")[0].split(":")[0],
-                     **{f"pooled {t}": f.cv_ccc[t] for t in targets}, "objective": np.nan,
-                     "SE of lead": choice.standard_errors[f.method],
+                     **{f"pooled {t}": np.nan if f.cv_ccc[t] is None else f.cv_ccc[t] for t in targets},
+                     "objective": np.nan,
+                     "SE of lead": choice.standard_errors.get(f.method, np.nan),
                      **{f"test {t}": test.fusions[f.method].get(t, np.nan) for t in targets},
                      "test 95 %": f"[{shown.low:.4f}, {shown.high:.4f}]" if shown else ""})
     return pd.DataFrame(rows)

@@ -272,6 +272,15 @@ def fit_lstm(x: np.ndarray, x_test: np.ndarray, data: FusionData, fit_on: np.nda
             predict_fusion(model, x_test, data.test_bounds, np.arange(len(data.test_bounds) - 1)))
 
 
+def refitted(c: Candidate, runs: list[SeedRun], epochs: int, data: FusionData) -> Fused:
+    """The chosen config refit on every train and devel video: test predictions only (no video is left to
+    score it out of fold), so it is shown beside the methods and never delivered by their rule."""
+    return Fused("refit", f"trained on every train and devel video for {epochs} epochs (the folds' median); "
+                          "not cross-validated", np.full_like(data.labels, np.nan, dtype=np.float32),
+                 np.mean([r.test for r in runs], axis=0), dict.fromkeys(data.targets),
+                 inputs=[{"study": c.study, "trial": c.trial, "config_key": c.key, "seeds": len(runs)}])
+
+
 def seed_ensemble_streams(c: Candidate, runs: list[SeedRun], extra: bool) -> list[Stream]:
     """A config's seed ensemble (the mean over its seeds), one stream per target."""
     oof, test = np.mean([r.oof for r in runs], axis=0), np.mean([r.test for r in runs], axis=0)

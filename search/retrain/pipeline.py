@@ -21,11 +21,11 @@ from search.cluster import check_memory, ensure_ray, fit_resources
 from search.retrain.choice import choose
 from search.retrain.deliver import deliver
 from search.retrain.experiment import Experiment, Request
-from search.retrain.fusion import fusion_methods
+from search.retrain.fusion import fusion_methods, refitted
 from search.retrain.holdout import evaluate_test_once
 from search.retrain.rank import rank
 from search.retrain.results import Evaluation, FusionResult, looks, open_results
-from search.retrain.runs import plan_runs, retrain
+from search.retrain.runs import plan_runs, refit, retrain
 from search.retrain.select import select
 from search.study.file import StudySpec
 from search.study.storage import mask, open_storage, retrying
@@ -46,7 +46,12 @@ def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
                    log)
     ranking = rank(candidates, runs, primary=request.study, seeds=request.seeds, splits=len(exp.plan.splits), log=log)
     chosen = next(c for c in candidates[request.study] if c.key == ranking.iloc[0]["config_key"])
-    fusions, choice, nested = choose(fusion_methods(exp, candidates, runs), log)
+    methods = fusion_methods(exp, candidates, runs)
+    fusions, choice, nested = choose(methods, log)
+    if request.refit:
+        epochs, refit_runs = refit(exp.engine, chosen, runs[chosen.key], exp.plan, log)
+        if refit_runs:
+            fusions.append(refitted(chosen, refit_runs, epochs, methods[0].data))
     test = evaluate_test_once(exp, runs[chosen.key], fusions)
     return deliver(exp, ranking, chosen, runs[chosen.key], fusions, choice, nested, test)
 
@@ -150,6 +155,6 @@ def prepare(exp: Experiment) -> None:
 
 def _scores(values: dict) -> str:
     def one(v):
-        return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else f"{v:.4f}"
+        return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else "-" if v is None else f"{v:.4f}"
     return ", ".join(f"{t} {one(v)}" for t, v in values.items()) or "not scored (no test labels)"
 

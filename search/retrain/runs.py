@@ -8,6 +8,7 @@ predictions of the pooled videos, with test predictions averaged over its split 
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class SeedRun:
     target_ccc: dict[str, list[float]]
     oof: np.ndarray  # (pooled frames, targets): every pooled video predicted by the split that scores it
     test: np.ndarray  # (test frames, targets): mean over the split models
+    best_epochs: list[int]  # per split: the epoch whose weights it kept
 
     @property
     def objective(self) -> float:
@@ -75,6 +77,27 @@ def plan_runs(corpus: Corpus, *, folds: int, fold_seed: int, resources: Resource
                 f"folds={folds} seed={fold_seed}", resources, threads=max(1, int(resources.cpu)), out_dir=out_dir)
 
 
+def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
+          log: Callable[[str], None]) -> tuple[int, list[SeedRun]]:
+    """The config trained again on every train and devel video with each of its seeds (AutoGluon's
+    refit_full), for the median of the epochs its split runs kept (rounded up): no video is left to
+    select an epoch on, so the folds chose it. Its epoch count and seed runs (test predictions only)."""
+    epochs = int(np.ceil(np.median([e for r in runs for e in r.best_epochs])))
+    split = refit_split(plan.corpus)
+    refit_plan = dataclasses.replace(plan, splits=[split], protocol=f"{plan.protocol} refit")
+    config = c.config.replace(epochs=epochs, max_frames=0)  # the folds' frame cap was for a fold's videos
+    refit_c = dataclasses.replace(c, config=config)
+    log(f"refit: {c.label} on all {len(split.train)} train and devel videos for {epochs} epochs (the median "
+        f"epoch its {sum(len(r.best_epochs) for r in runs)} split runs kept), {len(runs)} seed(s)")
+    return epochs, retrain(engine, [refit_c], [r.seed for r in runs], refit_plan, log)[refit_c.key]
+
+
+def refit_split(corpus: Corpus) -> Split:
+    """Every train and devel video to train on, none to select an epoch on or to score (test never)."""
+    none = np.array([], dtype=np.int64)
+    return Split("train+devel", np.concatenate([np.asarray(corpus.videos(p)) for p in ("train", "devel")]), none, none)
+
+
 def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int) -> dict:
     """A Ray task: one config (with its seed) on one split; the best epoch's predictions of the split's
     scoring videos and of the test videos."""
@@ -87,7 +110,7 @@ def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int)
     use_threads(threads)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     result = train(corpus, config, split, device=device, log=None)
-    return {"summary": result.summary(), "score": result.predict(split.score),
+    return {"summary": result.summary(), "score": result.predict(split.score),  # none for a refit
             "test": result.predict(np.arange(*corpus.partition_videos["test"])),
             "node": ray.get_runtime_context().get_node_id()}
 
@@ -121,7 +144,8 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
             out = ray.get(ready)
             row = retrying(lambda: _store(engine, c, seed, split, plan, out), log)
             stored[(c.key, seed, split.name)] = row
-            outcome = f"CCC {np.mean(list(row.score_ccc.values())):.4f} ({row.epochs_run} epochs, {row.seconds:.0f}s)"
+            scored = f"CCC {_mean(row.score_ccc):.4f}" if row.score_ccc else "trained"  # a refit scores no video
+            outcome = f"{scored} ({row.epochs_run} epochs, {row.seconds:.0f}s)"
         except ray.exceptions.RayError as e:  # the task raised, or its worker died (killed, out of memory)
             reason = str(getattr(e, "cause", None) or e).strip().splitlines()[0][:300]
             retrying(lambda: _store_failure(engine, c, seed, split, plan, reason), log)
@@ -139,15 +163,16 @@ def _seed_runs(c: Candidate, seeds: list[int], stored: dict, plan: Plan) -> list
         rows = [stored.get((c.key, seed, s.name)) for s in plan.splits]
         if any(r is None for r in rows):
             continue
-        oof = np.empty((len(plan.rows(plan.pooled)), len(c.config.emo_dim_set)), np.float32)
+        oof = np.full((len(plan.rows(plan.pooled)), len(c.config.emo_dim_set)), np.nan, np.float32)
         tests = []
         for split, row in zip(plan.splits, rows):
             folder = Path(row.predictions)
             oof[plan.rows(split.score)] = np.load(folder / "score.npy")
             tests.append(np.load(folder / "test.npy"))
         targets = c.config.emo_dim_set
-        out.append(SeedRun(seed, [r.id for r in rows], [float(np.mean(list(r.score_ccc.values()))) for r in rows],
-                           {t: [r.score_ccc[t] for r in rows] for t in targets}, oof, np.mean(tests, axis=0)))
+        out.append(SeedRun(seed, [r.id for r in rows], [_mean(r.score_ccc) for r in rows],
+                           {t: [r.score_ccc.get(t) for r in rows] for t in targets}, oof, np.mean(tests, axis=0),
+                           [r.best_epoch for r in rows]))
     return out
 
 
@@ -206,3 +231,7 @@ def _store_failure(engine, c: Candidate, seed: int, split: Split, plan: Plan, er
                                   config=c.config.replace(seed=seed).to_dict(), seed=seed, split=split.name,
                                   protocol=plan.protocol, state="FAIL", error=error, code_version=code_version(),
                                   data_fingerprint=c.fingerprint), c, seed, split, plan)
+
+
+def _mean(ccc: dict[str, float]) -> float:
+    return float(np.mean(list(ccc.values()))) if ccc else float("nan")
