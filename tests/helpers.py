@@ -82,3 +82,13 @@ def open_page(playwright, errors: list):
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     return browser, page
+
+
+def storage_error(call) -> str:
+    """The StorageError a call raises, as its one line; "" when it raised none."""
+    from search.study.storage import StorageError
+    try:
+        call()
+    except StorageError as e:
+        return str(e)
+    return ""

@@ -27,7 +27,7 @@ from search.study.record import config_attrs, counts_against_budget, trial_confi
 from search.study.searcher import DRIVER, StudySearcher
 from search.study.space import sample
 from search.study.storage import APPLICATION_NAME, StorageError, open_storage
-from helpers import POSTGRES, free_port, get_json, open_page, study_file
+from helpers import POSTGRES, free_port, get_json, open_page, storage_error, study_file
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -302,7 +302,7 @@ def test_two_processes_cannot_take_the_same_look_at_test(pg_study):
             other.add(TestLook(study=pg_study, number=2, purpose="other", host="h", pid=1))
             other.flush()
             result = {}
-            racer = threading.Thread(target=lambda: result.update(error=_raises(lambda: record_look(engine, pg_study, "x", "t"))))
+            racer = threading.Thread(target=lambda: result.update(error=storage_error(lambda: record_look(engine, pg_study, "x", "t"))))
             racer.start()
             time.sleep(1.0)
             other.commit()
@@ -312,14 +312,6 @@ def test_two_processes_cannot_take_the_same_look_at_test(pg_study):
     finally:
         with engine.begin() as db:
             db.execute(TestLook.__table__.delete().where(TestLook.study == pg_study))
-
-
-def _raises(call) -> str:
-    try:
-        call()
-    except StorageError as e:
-        return str(e)
-    return ""
 
 
 def test_sqlite_with_the_dashboard_polling_while_the_study_writes(ray_cluster, tiny_root, tmp_path):

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 import yaml
 
-from search.study.storage import StorageError, mask, open_storage, plaintext_remote_host
-from helpers import CHROMIUM_ARGS, free_port, study_file
+from search.study.storage import mask, open_storage, plaintext_remote_host
+from helpers import CHROMIUM_ARGS, free_port, storage_error, study_file
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -329,7 +329,7 @@ def test_the_compose_database_speaks_tls_only_to_a_role_that_is_no_superuser(com
         assert ssl and version.startswith("TLS")
         assert db.execute("SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "
                           "WHERE rolname = current_user").fetchone() == (False,)
-    mismatch = _raises(lambda: open_storage(app.replace("@localhost:", "@127.0.0.1:")))
+    mismatch = storage_error(lambda: open_storage(app.replace("@localhost:", "@127.0.0.1:")))
     assert 'does not match host name "127.0.0.1"' in mismatch and "deploy/make-secrets.sh" in mismatch
     password = (compose_postgres["folder"] / "secrets" / "app.pgpass").read_text().strip().rsplit(":", 1)[1]
     assert password not in mismatch
@@ -355,19 +355,11 @@ def test_the_dashboard_role_reads_studies_and_cannot_delete_one(compose_postgres
     assert log[0].startswith("1 study in postgresql://muse_dashboard@localhost")
 
 
-def _raises(call) -> str:
-    try:
-        call()
-    except StorageError as e:
-        return str(e)
-    return ""
-
-
 # -- storage URL rules -----------------------------------------------------------------------------------
 
 def test_a_postgresql_url_to_another_machine_must_ask_for_tls():
     remote = "postgresql://muse:hunter2-secret@db.example:5432/studies"
-    error = _raises(lambda: open_storage(remote))
+    error = storage_error(lambda: open_storage(remote))
     assert error == ("storage postgresql://muse:***@db.example:5432/studies: db.example is another machine and the URL "
                      "does not ask for TLS: add ?sslmode=verify-full&sslrootcert=<the server's CA file> (or "
                      "sslmode=require), or pass --trusted-network on a network you trust")

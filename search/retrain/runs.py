@@ -64,7 +64,7 @@ class Plan:
 
     def rows(self, videos) -> np.ndarray:
         """Rows of these pooled videos (corpus indices) in arrays over pooled frames, in the order given."""
-        return np.concatenate([self.video_rows[v] for v in np.asarray(videos).tolist()])
+        return np.concatenate([np.empty(0, np.int64), *(self.video_rows[v] for v in np.asarray(videos).tolist())])
 
     def labels(self, targets: tuple[str, ...]) -> np.ndarray:
         """(pooled frames, targets) labels."""
