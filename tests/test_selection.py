@@ -138,3 +138,14 @@ def test_a_config_ranked_on_fewer_seeds_than_asked_is_marked_so():
     assert ranking["failed seeds"].tolist() == [2, 0] and ranking["seeds"].tolist() == [1, 3]
     assert "a#1: 0.7000 ± 0.0000 on 1 of 3 seeds (the others failed)" in "\n".join(log)
     assert "a#0: 0.5000" in "\n".join(log) and "a#0: 0.5000 ± 0.0816 on" not in "\n".join(log)
+
+
+def test_refit_of_a_config_without_a_finished_run_names_the_study_and_trial():
+    import pytest
+
+    from core.errors import ConfigError
+    from search.retrain.runs import refit
+    from search.retrain.select import Candidate
+    never = Candidate("valence", 7, 0.4, TrainConfig(), {}, "f")
+    with pytest.raises(ConfigError, match=r"^refit: valence#7 \(study 'valence', trial 7\) completed no split run"):
+        refit(None, never, [], None, log=lambda line: None)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from core.config import TrainConfig
 from core.corpus import Corpus
+from core.errors import ConfigError
 from core.splits import Split, make_splits, pooled_videos
 from search.cluster import Resources, put_corpus
 from search.retrain.results import FoldRun, code_version
@@ -82,6 +83,9 @@ def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
     """The config trained again on every train and devel video with each of its seeds (AutoGluon's
     refit_full), for the median of the epochs its split runs kept (rounded up): no video is left to
     select an epoch on, so the folds chose it. Its epoch count and seed runs (test predictions only)."""
+    if not runs:
+        raise ConfigError(f"refit: {c.label} (study {c.study!r}, trial {c.trial}) completed no split run, so "
+                          "there is no epoch count to refit it with; retrain it first, or pass --no-refit")
     epochs = int(np.ceil(np.median([e for r in runs for e in r.best_epochs])))
     split = refit_split(plan.corpus)
     refit_plan = dataclasses.replace(plan, splits=[split], protocol=f"{plan.protocol} refit")
