@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def benchmark(args: argparse.Namespace) -> None:
     from bench.entry import ENTRY_VALENCE
-    from core.synthetic import generate, settings_of, written_with
     from core.threads import use_threads
 
     use_threads(1)
@@ -73,8 +72,8 @@ def benchmark(args: argparse.Namespace) -> None:
     sets = ({Path(args.data).name: (args.data, args.study_file, entry_sets)} if args.data else
             {name: REAL_SETS.get(name, (f"{args.data_dir}/{name}", args.study_file, entry_sets)) for name in args.sets})
     for name, (root, study_file, feature_sets) in sets.items():
-        if name in DATASETS and not args.data and written_with(root) != settings_of(**DATASETS[name]):
-            generate(root, **DATASETS[name])
+        if name in DATASETS and not args.data:
+            data_root(None, args.data_dir, name)
         require_test_labels(str(root), args.targets, "the accuracy benchmark")
         for target in args.targets:
             start = time.time()
@@ -169,6 +168,17 @@ def test_set(storage: str, root: str, feature_set: str, target: str) -> dict:
             "looks": looks_at(open_results(storage), corpus.fingerprint_of((), (target,)))}
 
 
+def data_root(data: str | None, data_dir: str, name: str) -> str:
+    """`data` as given, else the synthetic set `name` under data_dir, written where missing or made with
+    other settings."""
+    from core.synthetic import generate, settings_of, written_with
+
+    root = data or f"{data_dir}/{name}"
+    if not data and written_with(root) != settings_of(**DATASETS[name]):
+        generate(root, **DATASETS[name])
+    return root
+
+
 def require_test_labels(root: str, targets: list[str], what: str) -> None:
     """Fail before any training where the data set withholds test labels (as the real challenge does)."""
     from core.errors import ConfigError, DataError
@@ -220,8 +230,8 @@ def rung_correlations(storage: str, spec) -> dict[str, tuple[float, int]]:
         return {}
     frames = trial_config(trials[0]).max_frames
     out = {}
-    for milestone in rungs(frames, frames // spec.reduction_factor ** rungs_per_fold(spec), spec.reduction_factor,
-                           spec.folds):
+    for milestone in rungs(frames_per_fold=frames, grace=frames // spec.reduction_factor ** rungs_per_fold(spec),
+                           factor=spec.reduction_factor, folds=spec.folds):
         seen = [next(v for s, v in sorted(t.intermediate_values.items()) if s >= milestone) for t in trials]
         out[f"{milestone / frames:.2f} folds"] = (float(spearmanr(seen, [t.value for t in trials]).statistic), len(trials))
     return out

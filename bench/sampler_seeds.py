@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.accuracy import DATASETS, STUDY_FILE, prefixed, require_test_labels, train_frames, trial_count
+from bench.accuracy import DATASETS, STUDY_FILE, data_root, prefixed, require_test_labels, train_frames, trial_count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,16 +57,13 @@ class Search:
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    from core.synthetic import generate, settings_of, written_with
     from core.threads import use_threads
     from search.study.driver import run_study
     from search.study.file import load_study_file
 
     use_threads(1)
-    root = args.data or f"{args.data_dir}/{args.set}"
+    root = data_root(args.data, args.data_dir, args.set)
     name = Path(root).name
-    if not args.data and written_with(root) != settings_of(**DATASETS[args.set]):
-        generate(root, **DATASETS[args.set])
     if args.retrain:
         require_test_labels(root, [args.target], "--retrain")
     common = {"storage": args.storage, "data": root, "target": args.target, "trials": args.trials,

@@ -63,3 +63,8 @@ def test_the_helpers_see_what_they_should():
     assert code_blocks(section(text, "Quick start")) == ["A", "B"]
     assert ci_command("#!/usr/bin/env bash\n# c\nset -e\ncd x\n./setup.sh && pytest\n\n") == "./setup.sh && pytest"
     assert docs_links("[a](docs/a.md#x), `docs/b.md`, [c](bench/)") == {"docs/a.md", "docs/b.md"}
+
+
+def test_the_demo_study_is_shown_whole_as_it_is():
+    shown = code_blocks(section(README.read_text(), "The demo study: `studies/demo.yaml`"))
+    assert shown == [(ROOT / "studies" / "demo.yaml").read_text().rstrip("\n")]

@@ -25,7 +25,7 @@ from core.corpus import Corpus, load_corpus
 from core.errors import ConfigError
 from core.splits import Split, make_splits
 from search.study.file import StudySpec
-from search.study.racing import fidelity, make_scheduler
+from search.study.racing import fidelity, make_scheduler, rungs
 from search.study.record import counts_against_budget, trial_config
 from search.study.sampler import LEARNS_FROM, make_sampler
 from search.study.searcher import DRIVER, StudySearcher, budget_spent
@@ -135,7 +135,7 @@ def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_finge
             study.enqueue_trial(params)
     # A resumed (or second) driver must not replay the sampler's sequence from the start.
     seed = spec.seed + len(trials) + (secrets.randbelow(10 ** 6) if register(study, DRIVER) else 0)
-    study.sampler = make_sampler(spec.sampler, seed, spec.startup_trials)
+    study.sampler = make_sampler(spec, seed)
     done = [t for t in trials if counts_against_budget(t)]
     if done:
         log(f"resuming study {spec.name!r}: {len(done)} of {spec.trials} trials already count, sampler seed {seed}")
@@ -163,8 +163,10 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     ensure_ray(ray_address, log)
     resources = fit_resources(spec.cpu, spec.gpu, spec.max_concurrent, f"{spec.source}: resources", log)
     check_memory(corpus.data_bytes, resources, f"{spec.source}: resources")
-    scheduler, pruned_by = make_scheduler(spec, frames_per_fold * len(splits), grace)
-    searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log)
+    milestones = [] if spec.pruner == "none" else rungs(frames_per_fold=frames_per_fold, grace=grace,
+                                                        factor=spec.reduction_factor, folds=len(splits))
+    scheduler, pruned_by = make_scheduler(spec, study, milestones)
+    searcher = StudySearcher(study, storage, spec, frames_per_fold, corpus.fingerprint, pruned_by, log, milestones)
     log(f"study {spec.name!r}: up to {spec.trials} trials" + (f" over {len(splits)} folds" if len(splits) > 1 else "")
         + f", each at most {spec.max_epochs} passes ({frames_per_fold:,} training frames) per fold; ASHA looks after "
         f"{grace:,} frames, then every x{spec.reduction_factor}; {resources.concurrent} at a time "

@@ -21,6 +21,7 @@ from search.study.space import CONDITIONAL, Space, parse_space, sample
 from search.study.storage import mask
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
+RANKINGS = ("rung", "state")
 PRUNERS = ("asha", "none")
 FIDELITY_UNITS = ("frames",)
 TOP_KEYS = {"study", "storage", "data", "target", "objective", "budget", "sampler", "pruner", "resources", "fixed",
@@ -43,12 +44,15 @@ class StudySpec:
     start_from: list[dict] = field(default_factory=list)  # Optuna parameters of configs tried first
     wall_time_s: float | None = None  # no new trial starts after this; running ones finish
     nonfinite: str = "mean"
-    sampler: str = "tpe"
+    sampler: str = "random"  # TPE anchored on its warm start on CEAP (docs/sampler_experiments.md, issue 27)
     seed: int = 0
     startup_trials: int = 10  # trials (enqueued ones included) the model-based samplers draw at random first
+    rank_by: str = "state"  # TPE's ranking of trials: "rung" (their values at a rung) or "state" (Optuna's)
+    rung_floor: int | None = None  # with rank_by rung: finished trials a rung needs to rank at it
     pruner: str = "asha"
     grace_period: float = 3.0  # passes every trial trains before ASHA may stop it
     reduction_factor: int = 3
+    rejudge: bool = False  # ASHA judges again a trial let through a rung before reduction_factor trials reported there
     cpu: float = 1.0
     gpu: float = 0.0
     max_concurrent: int | None = None  # None: as many as the resources allow
@@ -95,9 +99,16 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(TOP_KEYS))})")
     o = {k: v for k, v in overrides.items() if v is not None}
-    budget, data, objective = _section(doc, "budget"), _section(doc, "data"), _section(doc, "objective")
-    sampler, pruner, resources = _section(doc, "sampler"), _section(doc, "pruner"), _section(doc, "resources")
+    fields = _what(doc, o) | _objective(_section(doc, "objective")) | _budget(_section(doc, "budget"), o)
+    fields |= _sampler(_section(doc, "sampler"), o, fields["trials"], len(_section(doc, "space")))
+    fields |= _pruner(_section(doc, "pruner"), o, fields["max_epochs"]) | _resources(_section(doc, "resources"), o)
+    fields |= _space(doc, fields["targets"], fields["max_epochs"])
+    return StudySpec(**fields, source=source)
 
+
+def _what(doc: dict, o: dict) -> dict:
+    """The study's name, storage, data and targets."""
+    data = _section(doc, "data")
     name = o.get("study", doc.get("study"))
     _need(isinstance(name, str) and name.strip() != "", "study", "give the study a name", name)
     targets = o.get("target", doc.get("target"))
@@ -106,7 +117,11 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
           f"one of {', '.join(TARGETS)} or a list of them", targets)
     root = o.get("data", data.get("root"))
     _need(isinstance(root, str) and root != "", "data.root", "the MuSe data root", root)
+    return {"name": name, "storage": o.get("storage", doc.get("storage", DEFAULT_STORAGE)), "data_root": root,
+            "targets": tuple(targets), "nonfinite": data.get("nonfinite", "mean")}
 
+
+def _objective(objective: dict) -> dict:
     folds, fold_seed = objective.get("folds", 1), objective.get("seed", 0)
     _need(isinstance(folds, int) and folds >= 1, "objective.folds", "at least 1", folds)
     _need(folds != 2, "objective.folds", "2 folds leave no fold to select epochs on; use 1 (train/devel as "
@@ -114,7 +129,10 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     _need(isinstance(fold_seed, int), "objective.seed", "an integer", fold_seed)
     unknown = sorted(set(objective) - {"folds", "seed"})
     _need(not unknown, "objective", "knows folds and seed", unknown)
+    return {"folds": folds, "fold_seed": fold_seed}
 
+
+def _budget(budget: dict, o: dict) -> dict:
     trials = o.get("trials", budget.get("trials"))
     _need(isinstance(trials, int) and trials >= 1, "budget.trials", "must be at least 1", trials)
     max_epochs = o.get("max_epochs", budget.get("max_epochs"))
@@ -124,31 +142,55 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     frames = o.get("train_frames", budget.get("train_frames"))
     _need(frames is None or (isinstance(frames, int) and frames > 0), "budget.train_frames", "a positive integer",
           frames)
+    return {"trials": trials, "max_epochs": max_epochs, "wall_time_s": wall, "train_frames": frames}
 
-    sampler_name = o.get("sampler", sampler.get("name", "tpe"))
-    _need(sampler_name in SAMPLERS, "sampler.name", f"one of {', '.join(SAMPLERS)}", sampler_name)
+
+def _sampler(sampler: dict, o: dict, trials: int, searched: int) -> dict:
+    name = o.get("sampler", sampler.get("name", StudySpec.sampler))
+    _need(name in SAMPLERS, "sampler.name", f"one of {', '.join(SAMPLERS)}", name)
     seed = o.get("seed", sampler.get("seed", 0))
     _need(isinstance(seed, int), "sampler.seed", "an integer", seed)
     startup = sampler.get("n_startup_trials", StudySpec.startup_trials)
-    _need(isinstance(startup, int) and not isinstance(startup, bool) and startup >= 1, "sampler.n_startup_trials",
+    _need(_count(startup), "sampler.n_startup_trials",
           "an integer of at least 1 (trials drawn at random before the model proposes; random search ignores it)",
           startup)
-    unknown = sorted(set(sampler) - {"name", "seed", "n_startup_trials"})
-    _need(not unknown, "sampler", "knows name, seed and n_startup_trials", unknown)
-    pruner_name = o.get("pruner", pruner.get("name", "asha"))
-    _need(pruner_name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", pruner_name)
+    rank_by = o.get("rank_by", sampler.get("rank_by", StudySpec.rank_by))
+    _need(rank_by in RANKINGS, "sampler.rank_by", "rung (TPE ranks trials by their value at the highest rung "
+          "enough of them reached) or state (Optuna's: every completed trial above every pruned one)", rank_by)
+    # BOHB's rule: d + 2 observations for a model over d parameters; a smaller budget ranks at the lowest rung
+    floor = sampler.get("rung_floor", min(searched + 2, trials))
+    _need(_count(floor), "sampler.rung_floor", "an integer of at least 1 (finished trials a rung needs before "
+          "TPE ranks trials there)", floor)
+    _need(floor <= trials, "sampler.rung_floor", f"at most budget.trials ({trials}): no rung can hold more trials "
+          "than the study runs", floor)
+    unknown = sorted(set(sampler) - {"name", "seed", "n_startup_trials", "rank_by", "rung_floor"})
+    if unknown:  # rank_by and rung_floor only shape TPE
+        raise ConfigError(f"sampler: knows name, seed and n_startup_trials (got {unknown!r}), and for tpe rank_by and "
+                          "rung_floor", field="sampler")
+    return {"sampler": name, "seed": seed, "startup_trials": startup, "rank_by": rank_by, "rung_floor": floor}
+
+
+def _pruner(pruner: dict, o: dict, max_epochs: int) -> dict:
+    name = o.get("pruner", pruner.get("name", "asha"))
+    _need(name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", name)
     grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
     # without ASHA the rungs are unused: a file's grace period must not block `--pruner none --max-epochs 1`
-    bound = max_epochs if pruner_name == "asha" else float("inf")
+    bound = max_epochs if name == "asha" else float("inf")
     _need(isinstance(grace, (int, float)) and 0 < grace <= bound, "pruner.grace_period",
           f"passes over the training videos before a trial may be stopped, in (0, budget.max_epochs = {max_epochs}]",
           grace)
-    grace = min(grace, max_epochs)
     _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
     unit = pruner.get("unit", "frames")
     _need(unit in FIDELITY_UNITS, "pruner.unit", "frames (training frames: fair across batch sizes and hop lengths; "
           "epochs are not)", unit)
+    rejudge = o.get("rejudge", pruner.get("rejudge", StudySpec.rejudge))
+    _need(isinstance(rejudge, bool), "pruner.rejudge", "true (a trial let through a rung before reduction_factor "
+          "trials reported there is judged again once they have) or false (Ray's ASHA)", rejudge)
+    return {"pruner": name, "grace_period": float(min(grace, max_epochs)), "reduction_factor": factor,
+            "rejudge": rejudge}
 
+
+def _resources(resources: dict, o: dict) -> dict:
     cpu, gpu = o.get("cpu", resources.get("cpu", 1)), o.get("gpu", resources.get("gpu", 0))
     _need(isinstance(cpu, (int, float)) and cpu > 0, "resources.cpu", "must be positive", cpu)
     _need(isinstance(gpu, (int, float)) and gpu >= 0, "resources.gpu", "must not be negative", gpu)
@@ -156,7 +198,11 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     concurrent = resources.get("max_concurrent")
     _need(concurrent is None or (isinstance(concurrent, int) and concurrent >= 1), "resources.max_concurrent",
           "at least 1", concurrent)
+    return {"cpu": float(cpu), "gpu": float(gpu), "max_concurrent": concurrent}
 
+
+def _space(doc: dict, targets: tuple[str, ...], max_epochs: int) -> dict:
+    """The space, with the settings the study manages fixed, and the warm-start configs in its terms."""
     fixed = dict(_section(doc, "fixed"))
     for managed, by in (("emo_dim_set", "target"), ("epochs", "budget.max_epochs"),
                         ("max_frames", "budget.max_epochs (per fold, in passes)")):
@@ -165,16 +211,12 @@ def _spec(doc: dict, overrides: dict, source: str) -> StudySpec:
     space = parse_space(_section(doc, "space"), fixed)
     start_from = doc.get("start_from") or []
     _need(isinstance(start_from, list), "start_from", "a list of configs in the space's terms", start_from)
+    starts = [_start_config(c, space, f"start_from[{i}]") for i, c in enumerate(start_from)]
+    return {"space": space, "start_from": starts}
 
-    return StudySpec(name=name, storage=o.get("storage", doc.get("storage", DEFAULT_STORAGE)), data_root=root,
-                     targets=tuple(targets), trials=trials, max_epochs=max_epochs, train_frames=frames, space=space,
-                     folds=folds,
-                     fold_seed=fold_seed, start_from=[_start_config(c, space, f"start_from[{i}]")
-                                                      for i, c in enumerate(start_from)],
-                     wall_time_s=wall, nonfinite=data.get("nonfinite", "mean"), sampler=sampler_name, seed=seed,
-                     startup_trials=startup,
-                     pruner=pruner_name, grace_period=float(grace), reduction_factor=factor, cpu=float(cpu),
-                     gpu=float(gpu), max_concurrent=concurrent, source=source)
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _start_config(entry: Any, space: Space, where: str) -> dict:

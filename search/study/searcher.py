@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -27,7 +27,7 @@ from ray.tune.search import Searcher
 
 from core.config import TrainConfig
 from search.study.file import StudySpec
-from search.study.record import config_attrs, counts_against_budget
+from search.study.record import config_attrs, counts_against_budget, frames_trained
 from search.study.sampler import drawn_by
 from search.study.space import format_params, sample
 from search.study.storage import mask, retrying
@@ -39,8 +39,8 @@ DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as its trials 
 
 def budget_spent(trials: list[FrozenTrial], spec: StudySpec) -> bool:
     """The trials that count reached the budget's trials, or all trials its training frames (their progress)."""
-    frames = sum(max(t.intermediate_values, default=0) for t in trials)
-    return sum(counts_against_budget(t) for t in trials) >= spec.trials or frames >= (spec.train_frames or math.inf)
+    return (sum(counts_against_budget(t) for t in trials) >= spec.trials
+            or frames_trained(trials) >= (spec.train_frames or math.inf))
 
 
 def now_iso() -> str:
@@ -58,12 +58,13 @@ class Running:
 
 class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: StudySpec, max_frames: int,
-                 data_fingerprint: str, pruned_by: Callable[[str], bool] = lambda trial_id: False,
-                 log: Callable[[str], None] = print):
+                 data_fingerprint: str, pruned_by: Callable[[str], str | None] = lambda trial_id: None,
+                 log: Callable[[str], None] = print, rungs: Sequence[int] = ()):
+        """rungs: the scheduler's milestones in training frames, where every trial must report."""
         super().__init__(metric=METRIC, mode="max")
         self.study, self.storage, self.spec = study, storage, spec
         self.max_frames, self.fingerprint = max_frames, data_fingerprint
-        self.pruned_by, self.log = pruned_by, log
+        self.pruned_by, self.log, self.rungs = pruned_by, log, list(rungs)
         self.deadline = time.time() + spec.wall_time_s if spec.wall_time_s else None
         self.running: dict[str, Running] = {}
         self.told: list[int] = []
@@ -97,7 +98,8 @@ class StudySearcher(Searcher):
         attrs = {"ray_trial_id": trial_id, "data_fingerprint": self.fingerprint,
                  "sampled": drawn_by(self.spec, trials)} | config_attrs(cfg)
         self._set_attrs(trial, attrs)
-        return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu}  # the TrainConfig itself
+        return {"trial_number": trial.number, "train": cfg, "cpu": self.spec.cpu,  # the TrainConfig itself
+                "rungs": self.rungs}
 
     def _draw(self, trial: optuna.Trial) -> TrainConfig:
         """sample() on a fresh view of the trial: a retry after a lost answer then keeps the params
@@ -142,6 +144,7 @@ class StudySearcher(Searcher):
             self._record(run, TrialReport.from_result(result))
         last, seen = run.last, run.seen
         value = last.objective if last else None
+        pruned_at = self.pruned_by(trial_id)  # the rung where the scheduler stopped it, if it did
         if error:
             state, reason = TrialState.FAIL, "error: the trial process failed (see Ray's logs)"
         elif seen and seen.error:
@@ -149,7 +152,7 @@ class StudySearcher(Searcher):
         elif last and last.final:
             finite = value is not None and math.isfinite(value)
             state, reason = (TrialState.COMPLETE, last.stop_reason) if finite else (TrialState.FAIL, "nan")
-        elif self.pruned_by(trial_id):
+        elif pruned_at:
             state, reason = TrialState.PRUNED, "pruned"
         else:
             state, reason = TrialState.FAIL, "interrupted: the study was stopped before the trial finished"
@@ -160,6 +163,8 @@ class StudySearcher(Searcher):
             attrs |= {"started_at": seen.started_at, "scheduling_s": round(max(0.0, started - run.suggested_at), 3),
                       "device": seen.device, "gpu_ids": seen.gpu_ids, "node": seen.node, "threads": seen.threads,
                       "niceness": seen.niceness}
+        if state == TrialState.PRUNED:
+            attrs["pruned_at"] = pruned_at
         if last:
             attrs |= {"folds_evaluated": len(last.fold_ccc), "fold_ccc": last.fold_ccc, "target_ccc": last.target_ccc}
         self._set_attrs(run.trial, attrs)

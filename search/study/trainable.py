@@ -3,7 +3,9 @@
 With K folds a trial trains fold 1, then fold 2, ... as long as the scheduler lets it go on: its
 value is the mean CCC over the folds it was scored on, and its progress (`train_frames`) counts
 training frames over all folds, each fold worth the same `max_frames`, so ASHA's rungs fall on
-fold ends: racing over folds and over training at once.
+fold ends: racing over folds and over training at once. A rung inside a fold is reported by the batch
+that reaches it, part-way through an epoch if need be, with the selection fold evaluated then: every
+trial meets a rung after the same work, within one batch, whatever its windows and batch size.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ TIME_ATTR = "train_frames"
 
 @dataclass
 class TrialReport:
-    """What a trial reports after each epoch (Ray carries it as a dict of its fields)."""
-    epoch: int  # epochs trained by this trial, all folds
+    """What a trial reports after each epoch and at each rung (Ray carries it as a dict of its fields)."""
+    epoch: int  # epochs trained by this trial, all folds (the last one may be under way)
     fold: int  # the fold being trained, from 1
     train_frames: int  # progress: (fold - 1) * max_frames + frames of this fold; a fold's end jumps to its full share
     fold_ccc: list[float]  # per fold so far: mean CCC over targets at the fold's selected epoch (the last: so far)
@@ -54,7 +56,8 @@ class TrialReport:
 
 
 def objective(config: dict, corpus_ref, splits: list) -> None:
-    """A Ray Tune function trainable. The corpus comes from Ray's object store (one copy per node)."""
+    """A Ray Tune function trainable. The corpus comes from Ray's object store (one copy per node);
+    config["rungs"] holds the scheduler's milestones in training frames over all folds."""
     import ray
     import torch
     from ray import tune
@@ -90,7 +93,11 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
     fold = 1
     try:
         for fold, split in enumerate(splits, start=1):
-            result = train(corpus, cfg, split, device=device, log=None, on_epoch=lambda e: report(fold, e))
+            before = (fold - 1) * cfg.max_frames
+            # a rung on the fold's end is met by the fold's last report, which jumps to its full share
+            milestones = [rung - before for rung in config["rungs"] if before < rung < before + cfg.max_frames]
+            result = train(corpus, cfg, split, device=device, log=None, on_epoch=lambda e: report(fold, e),
+                           milestones=milestones)
             folds.append(result.last.score_ccc)
             epochs_before += result.last.epoch
     except Exception as e:  # the study records why (FAIL, stop_reason) and goes on with other trials
