@@ -363,6 +363,9 @@ def test_a_postgresql_url_to_another_machine_must_ask_for_tls():
     assert error == ("storage postgresql://muse:***@db.example:5432/studies: db.example is another machine and the URL "
                      "does not ask for TLS: add ?sslmode=verify-full&sslrootcert=<the server's CA file> (or "
                      "sslmode=require), or pass --trusted-network on a network you trust")
+    at_sign = storage_error(lambda: open_storage("postgresql://muse:hun@ter2@db.example/studies"))
+    assert at_sign.startswith("storage postgresql://muse:***@db.example/studies: db.example is another machine")
+    assert "hun" not in at_sign and "ter2" not in at_sign  # a password's unescaped "@" leaks no part of it
     assert plaintext_remote_host(remote + "?sslmode=prefer") == "db.example"  # prefer falls back to plaintext
     assert plaintext_remote_host("postgresql://muse@127.0.0.1/studies?host=db.example") == "db.example"
     for ok in (remote + "?sslmode=verify-full", remote + "?sslmode=require", "postgresql://muse@127.0.0.1:5432/s",

@@ -76,7 +76,8 @@ def plaintext_remote_host(url: str) -> str | None:
     for key in ("host", "hostaddr"):
         value = parsed.query.get(key)
         hosts += list(value) if isinstance(value, tuple) else [value] if value else []
-    names = [name.strip() for host in hosts for name in host.split(",")]
+    # a password holding an unescaped "@" leaves its tail in the host: the machine is what follows the last "@"
+    names = [name.strip().rsplit("@", 1)[-1] for host in hosts for name in host.split(",")]
     return next((name for name in names if not _loopback(name)), None)
 
 
