@@ -41,7 +41,7 @@ def deliver(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, chosen_ru
         looks_at_test_set=test.looks_at_test_set,
         code_version=code_version(), data_fingerprint=exp.fingerprints[request.study], targets=exp.targets,
         folds=len(exp.plan.splits), ranking=ranking, results=results, chosen=fusions[0], delivered=delivered,
-        plan=exp.plan, pooled_labels=exp.pooled_labels(), test_labels=test.labels, nested=nested))
+        plan=exp.plan, pooled_labels=exp.pooled_labels, test_labels=test.labels, nested=nested))
     evaluation_id = store_rows(exp, ranking, chosen, fusions, choice, nested, test, files, report)
     exp.log(f"chosen config: trial {chosen.trial} of {request.study!r} (best mean over {request.seeds} seeds and "
             f"{len(exp.plan.splits)} split(s))")
@@ -110,7 +110,7 @@ def results_table(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, cho
                   fusions: list[Fused], choice: Choice, test: TestScores) -> pd.DataFrame:
     """Singles and fusions side by side: score on the pooled videos (out of fold), the standard error of
     the best one's lead over each, and test with its interval over test videos."""
-    targets, labels = exp.targets, exp.pooled_labels()
+    targets, labels = exp.targets, exp.pooled_labels
     row = ranking[ranking["config_key"] == chosen.key].iloc[0]
     pooled = {t: float(np.mean([ccc(r.oof[:, j], labels[:, j]) for r in chosen_runs])) for j, t in enumerate(targets)}
     rows = [{"model": f"chosen config (trial {chosen.trial}), one seed", "scored": "mean over seeds",

@@ -1,6 +1,7 @@
 """What a retrain is asked to do (Request) and what its stages work on (Experiment)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class Experiment:
     def targets(self) -> tuple[str, ...]:
         return self.primary.targets
 
+    @functools.cached_property
     def pooled_labels(self) -> np.ndarray:
-        """(pooled frames, the primary study's targets): what every single and fusion is scored against."""
+        """(pooled frames, the primary study's targets): what every single and fusion is scored against;
+        gathered once, after prepare() has planned the runs."""
         return self.plan.labels(self.targets)

@@ -211,7 +211,7 @@ def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]],
                    runs: dict[str, list[SeedRun]]) -> list[Method]:
     """The chosen config's seed ensemble and every fusion method over the library of retrained models."""
     plan = exp.plan
-    data = FusionData(exp.pooled_labels(), np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
+    data = FusionData(exp.pooled_labels, np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
                       plan.corpus.bounds("test"), _folds(exp), exp.targets, folds_are_splits=len(plan.splits) > 1)
     extra = set(exp.request.inputs_from) - {exp.request.study, *exp.request.fuse}
     own = [c for name, cs in candidates.items() if name not in extra for c in cs if runs[c.key]]
