@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Before anything imports the storage module: drivers beat every second, so a dead driver's trials go
 # stale in 6 s instead of a minute (subprocess drivers inherit it).
@@ -10,6 +11,7 @@ os.environ["MUSE_HEARTBEAT_S"] = "1"
 
 from core.synthetic import generate  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_FEATURES = {"egemaps": 10, "fasttext": 12}
 
 
@@ -26,6 +28,18 @@ def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "muse"
     generate(root, videos=14, seed=3, feature_dims=TINY_FEATURES, min_frames=300, max_frames=500)
     return root
+
+
+@pytest.fixture
+def three_folds(tmp_path) -> str:
+    """The benchmarks' study file with 3 folds of 2 passes instead of 5 of 12: the same path, less training."""
+    doc = yaml.safe_load((REPO / "studies" / "accuracy.yaml").read_text())
+    doc["objective"]["folds"] = 3
+    doc["budget"]["max_epochs"] = 2
+    doc["pruner"]["grace_period"] = 2 / 3  # a look at a third of a fold's passes, as in the file (4 of 12)
+    path = tmp_path / "accuracy_3_folds.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
 
 
 @pytest.fixture

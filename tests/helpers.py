@@ -1,6 +1,7 @@
 """Shared by the tests: study files over the tiny data set, the PostgreSQL URL, HTTP and browser helpers."""
 import copy
 import json
+import math
 import os
 import socket
 import time
@@ -16,7 +17,7 @@ BASE = {
     "target": "arousal",
     "budget": {"trials": 6, "max_epochs": 3},
     "sampler": {"name": "random", "seed": 0},
-    "pruner": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    "pruner": {"name": "asha", "reduction_factor": 2},  # grace_period: see study_file
     "resources": {"cpu": 1, "gpu": 0},
     "fixed": {"normalize": "all", "early_stop": 5, "batch_size": 16, "hop_fraction": 0.5, "seed": 1},
     "space": {
@@ -44,6 +45,10 @@ def merge(base: dict, changes: dict) -> dict:
 
 def study_file(folder: Path, root: Path, storage: str, **changes) -> Path:
     doc = merge(BASE | {"data": {"root": str(root)}, "storage": storage}, changes)
+    pruner, epochs = doc.get("pruner", {}), doc["budget"]["max_epochs"]
+    if "grace_period" not in pruner and isinstance(epochs, int) and epochs > 0:  # the first rung at or after one pass (a grace off the rungs is refused)
+        factor = pruner.get("reduction_factor", 3)
+        pruner["grace_period"] = epochs / factor ** math.floor(math.log(epochs) / math.log(factor) + 1e-9)
     path = folder / f"{doc['study']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -20,16 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def three_folds(tmp_path) -> str:
-    """The benchmarks' study file with 3 folds instead of 5: the same path, less training."""
-    doc = yaml.safe_load((REPO / "studies" / "accuracy.yaml").read_text())
-    doc["objective"]["folds"] = 3
-    path = tmp_path / "accuracy_3_folds.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return str(path)
-
-
 def test_the_gpu_check_runs_on_cpus(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path / "out"), "--device", "cpu",
                           "--videos", "14", "--max-frames", "300", "--study-seconds", "5"], cwd=REPO,
@@ -53,7 +43,7 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
     generate(root, videos=16, seed=5, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
     out = subprocess.run([sys.executable, "-m", "bench.accuracy", "--data", str(root), "--targets", "arousal",
-                          "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--seeds", "2",
+                          "--study-file", three_folds, "--trials", "3", "--seeds", "2",
                           "--storage", f"sqlite:///{tmp_path / 'acc.db'}", "--out", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -108,7 +98,7 @@ def test_tpe_and_random_search_are_compared_over_sampler_seeds_at_equal_frames(t
              max_frames=350)
     storage = f"sqlite:///{tmp_path / 'acc.db'}"
     command = [sys.executable, "-m", "bench.sampler_seeds", "--data", str(root), "--target", "arousal", "--seeds", "0",
-               "1", "--study-file", three_folds, "--trials", "3", "--max-epochs", "2", "--storage", storage,
+               "1", "--study-file", three_folds, "--trials", "3", "--storage", storage,
                "--retrain", "1",
                "--out", str(tmp_path / "retrain")]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)

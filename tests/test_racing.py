@@ -129,7 +129,7 @@ def test_a_trial_is_promoted_at_a_rung_only_against_peers(ray_cluster, tiny_root
     storage = sqlite(tmp_path)
     path = study_file(tmp_path, tiny_root, storage, study="peers", objective={"folds": 5, "seed": 0},
                       budget={"trials": 2, "max_epochs": 12}, start_from=TWO,
-                      pruner={"name": "asha", "grace_period": 0.5, "reduction_factor": 2, "rejudge": True},
+                      pruner={"name": "asha", "grace_period": 0.75, "reduction_factor": 2, "rejudge": True},
                       resources={"cpu": 1, "max_concurrent": 2}, fixed={"batch_size": None, "early_stop": 3},
                       space={"lr": {"choices": [1.0e-5, 1.0e-3]}, "batch_size": {"choices": [1, 64]},
                              "d_rnn": {"choices": [8, 128]}})
@@ -210,19 +210,15 @@ def test_kill_9_then_resume_keeps_the_rung_records(tiny_root, tmp_path):
 # ---------------------------------------------------------------- the search-only benchmark
 
 @e2e
-def test_the_search_only_benchmark_runs_three_arms_at_equal_frames(tmp_path):
+def test_the_search_only_benchmark_runs_three_arms_at_equal_frames(tmp_path, three_folds):
     from core.synthetic import generate
 
     root = tmp_path / "given"
     generate(root, videos=16, seed=6, feature_dims={"egemaps": 6, "vggish": 6, "fasttext": 6}, min_frames=250,
              max_frames=350)
-    doc = yaml.safe_load((REPO / "studies" / "accuracy.yaml").read_text())
-    doc["objective"]["folds"] = 3
-    three_folds = tmp_path / "accuracy_3_folds.yaml"
-    three_folds.write_text(yaml.safe_dump(doc, sort_keys=False))
     storage = sqlite(tmp_path)
     out = subprocess.run([sys.executable, "-m", "bench.search_only", "--data", str(root), "--target", "arousal",
-                          "--seeds", "0", "1", "--study-file", str(three_folds), "--trials", "3", "--max-epochs", "2",
+                          "--seeds", "0", "1", "--study-file", three_folds, "--trials", "3",
                           "--storage", storage], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for line in ("tpe: mean best", "tpe_rung: mean best", "random: mean best", "proposals keeping the warm start's "

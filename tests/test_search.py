@@ -60,6 +60,11 @@ def lines_of(log: list) -> str:
     ({"pruner": {"name": "median"}}, "pruner.name: one of asha, none (got 'median')"),
     ({"pruner": {"unit": "epochs"}}, "pruner.unit: frames (training frames: fair across batch sizes"),
     ({"pruner": {"grace_period": 9}}, "pruner.grace_period: passes over the training videos"),
+    # max_epochs 3, factor 2: ASHA would look after 1.4, 2.8 and 5.6 passes, never at the fold's end
+    ({"pruner": {"grace_period": 1.4}}, "pruner.grace_period: 1.4 passes is not on a rung: ASHA looks after "
+                                        "grace_period x reduction_factor^k passes, and one look must fall on a fold's "
+                                        "end (budget.max_epochs = 3); with reduction_factor 2 take one of 3, 1.5, "
+                                        "0.75, 0.375, ... (got 1.4)"),
     ({"objective": {"folds": 0}}, "objective.folds: at least 1 (got 0)"),
     ({"objective": {"folds": 2}}, "objective.folds: 2 folds leave no fold to select epochs on"),
     ({"target": "dominance"}, "target: one of arousal, valence"),

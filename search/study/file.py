@@ -7,6 +7,7 @@ objective, budget and resources are the ones it actually ran with, flags include
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,13 +174,18 @@ def _sampler(sampler: dict, o: dict, trials: int, searched: int) -> dict:
 def _pruner(pruner: dict, o: dict, max_epochs: int) -> dict:
     name = o.get("pruner", pruner.get("name", "asha"))
     _need(name in PRUNERS, "pruner.name", f"one of {', '.join(PRUNERS)}", name)
-    grace, factor = pruner.get("grace_period", 3), pruner.get("reduction_factor", 3)
+    factor = pruner.get("reduction_factor", 3)
+    _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
+    # unset: the first rung at or after 3 passes (a file's own value is taken as written, or refused)
+    grace = pruner.get("grace_period", max_epochs / factor ** _looks_inside(max_epochs, min(3, max_epochs), factor))
     # without ASHA the rungs are unused: a file's grace period must not block `--pruner none --max-epochs 1`
     bound = max_epochs if name == "asha" else float("inf")
-    _need(isinstance(grace, (int, float)) and 0 < grace <= bound, "pruner.grace_period",
+    _need(isinstance(grace, (int, float)) and not isinstance(grace, bool) and 0 < grace <= bound,
+          "pruner.grace_period",
           f"passes over the training videos before a trial may be stopped, in (0, budget.max_epochs = {max_epochs}]",
           grace)
-    _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
+    if name == "asha":
+        grace = _on_rung(grace, max_epochs, factor)
     unit = pruner.get("unit", "frames")
     _need(unit in FIDELITY_UNITS, "pruner.unit", "frames (training frames: fair across batch sizes and hop lengths; "
           "epochs are not)", unit)
@@ -188,6 +194,25 @@ def _pruner(pruner: dict, o: dict, max_epochs: int) -> dict:
           "trials reported there is judged again once they have) or false (Ray's ASHA)", rejudge)
     return {"pruner": name, "grace_period": float(min(grace, max_epochs)), "reduction_factor": factor,
             "rejudge": rejudge}
+
+
+def _looks_inside(max_epochs: int, grace: float, factor: int) -> int:
+    """How many times grace multiplies by factor before it reaches max_epochs (rounded down)."""
+    return max(0, math.floor(math.log(max_epochs / grace) / math.log(factor) + 1e-9))
+
+
+def _on_rung(grace: float, max_epochs: int, factor: int) -> float:
+    """The grace period as the exact rung it names: ASHA's rungs (grace x factor^k) must meet a fold's end,
+    where a trial's fold score is whole, so max_epochs / grace is a power of the factor (to 0.1 %)."""
+    k = round(math.log(max_epochs / grace) / math.log(factor))
+    exact = max_epochs / factor ** k
+    if abs(exact - grace) > 1e-3 * exact:
+        options = ", ".join(f"{max_epochs / factor ** i:.4g}" for i in range(4))
+        raise ConfigError(f"pruner.grace_period: {grace:g} passes is not on a rung: ASHA looks after grace_period x "
+                          f"reduction_factor^k passes, and one look must fall on a fold's end (budget.max_epochs = "
+                          f"{max_epochs}); with reduction_factor {factor} take one of {options}, ... "
+                          f"(got {grace!r})", field="pruner.grace_period")
+    return exact
 
 
 def _resources(resources: dict, o: dict) -> dict:

@@ -32,8 +32,9 @@ def fidelity(spec: StudySpec, corpus: Corpus, splits: list[Split]) -> tuple[int,
 
 
 def rungs_per_fold(spec: StudySpec) -> int:
-    """How many rungs fall inside one fold (the last on its end): grace_period, then x reduction_factor."""
-    return max(0, math.floor(math.log(spec.max_epochs / spec.grace_period) / math.log(spec.reduction_factor) + 1e-9))
+    """How many rungs fall inside one fold (the last on its end): grace_period, then x reduction_factor
+    (the study file checked that they meet the fold's end)."""
+    return round(math.log(spec.max_epochs / spec.grace_period) / math.log(spec.reduction_factor))
 
 
 def rungs(frames_per_fold: int, grace: int, factor: int, folds: int) -> list[int]:
