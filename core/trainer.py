@@ -84,6 +84,11 @@ class TrainResult:
         """(frames, targets) predictions of the best epoch's model for these videos, in the order given."""
         return predict_videos(self.model(), self.inputs, videos)
 
+    def outputs(self, test: np.ndarray) -> dict:
+        """What a fold run keeps: its summary, and its best epoch's predictions of the split's scoring videos
+        (none for a refit) and of the `test` videos."""
+        return {"summary": self.summary(), "score": self.predict(self.split.score), "test": self.predict(test)}
+
     def summary(self) -> dict:
         last = self.last
         return {"split": self.split.name, "score_ccc": last.score_ccc, "score": last.score,

@@ -228,7 +228,10 @@ def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_clu
         runs = session.query(FoldRun).filter(FoldRun.study == pg_study).all()
     assert [e.id for e in evaluations] == [outcome["out"]["evaluation_id"]]  # recorded once
     assert sorted((r.protocol, r.state) for r in runs) == [("folds=1 seed=0", "COMPLETE"),
-                                                           ("folds=1 seed=0 refit", "COMPLETE")]  # the run, its refit
+                                                           ("folds=1 seed=0 refit", "COMPLETE"),
+                                                           ("folds=1 seed=0 search", "COMPLETE"),
+                                                           ("folds=1 seed=0 search", "COMPLETE")]  # the run, its
+    # refit, and the two trials' own runs (kept by the study)
     assert looks(engine, pg_study) == 1  # the look whose write was cut off was not counted twice
     assert Path(outcome["out"]["report"]).is_file()
     with psycopg.connect(POSTGRES, autocommit=True) as db:
@@ -456,8 +459,12 @@ def test_a_study_and_its_retrain_run_on_several_nodes_and_outlive_a_lost_one(tin
     from search.retrain.results import FoldRun, open_results
     from sqlalchemy.orm import Session
     with Session(open_results(storage)) as session:
-        nodes = {r.node for r in session.query(FoldRun).filter(FoldRun.study == "nodes")}
-    assert len(nodes) == 2
+        runs = session.query(FoldRun).filter(FoldRun.study == "nodes").all()
+    assert len({r.node for r in runs if not r.protocol.endswith(" search")}) == 2
+    # the completed trials' runs, trained on the worker nodes, were kept on the driver's disk
+    kept = [r for r in runs if r.protocol.endswith(" search")]
+    trial_nodes = {t.user_attrs.get("node") for t in trials if t.state == TrialState.COMPLETE}
+    assert kept and {r.node for r in kept} <= trial_nodes and all(Path(r.predictions).is_dir() for r in kept)
 
 
 def test_a_node_too_small_for_the_data_and_its_trials_is_refused_up_front(tiny_root, tmp_path):

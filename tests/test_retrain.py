@@ -109,6 +109,30 @@ def test_every_fold_run_is_stored_with_provenance(studies, evaluated):
         assert np.load(folder / "score.npy").shape[1] == 1 and np.load(folder / "test.npy").shape[1] == 1
 
 
+def test_a_trial_that_completes_keeps_its_models_for_the_library(studies, evaluated):
+    """Each completed trial of a K-fold study stores its models' predictions of every split, under the
+    study's protocol marked "search", so ensemble selection draws on them without training them again;
+    retrain-best never counts them among its seeds."""
+    trials = optuna.load_study(study_name="valence", storage=studies["storage"]).get_trials()
+    complete = {t.number: t for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    kept = rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0 search")
+    assert len(complete) == 5 and sorted((r.trial_number, r.split) for r in kept) == sorted(
+        (n, f"fold {k}/3") for n in complete for k in (1, 2, 3))
+    labels = {}
+    for run in kept:
+        t = complete[run.trial_number]
+        assert run.state == "COMPLETE" and run.config_key == trial_config(t).key() and run.seed == trial_config(t).seed
+        k = int(run.split.split()[1].split("/")[0]) - 1
+        assert run.score_ccc["valence"] == pytest.approx(t.user_attrs["target_ccc"]["valence"][k], abs=1e-6)
+        score = np.load(Path(run.predictions) / "score.npy")
+        labels.setdefault(run.split, len(score))
+        assert score.shape == (labels[run.split], 1) and np.isfinite(score).all()
+    # the search trained with seed 1, one of the retrained seeds: retrain-best trained that seed again
+    retrained = {(r.trial_number, r.split) for r in rows(studies["engine"], FoldRun, study="valence",
+                                                            protocol="folds=3 seed=0", seed=1)}
+    assert len(retrained) == 3 * 3 and retrained < {(r.trial_number, r.split) for r in kept}
+
+
 def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluated):
     per_seed = {}
     for run in rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0"):
@@ -133,9 +157,12 @@ def test_every_fusion_is_scored_out_of_fold_and_the_simplest_within_noise_is_del
     assert refit.cv_ccc == {"valence": None} and refit.cv_se is None and refit.test_interval[1] <= refit.test_interval[2]
     for method in ("chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted"):
         weights = fusions[method].weights["valence"]
-        assert len(weights) == 6 and min(weights) >= 0 and sum(weights) == pytest.approx(1)  # 3 + 3 configs
+        # 3 + 3 configs; ensemble selection also over the 5 + 5 models the searches kept
+        assert len(weights) == (16 if method == "ensemble" else 6)
+        assert min(weights) >= 0 and sum(weights) == pytest.approx(1)
         assert fusions[method].protocol.startswith("3-fold cross-validation over the pooled videos")
-    assert {i["seeds"] for i in fusions["ensemble"].inputs} == {2}  # the library: every config, seed by seed
+    library = fusions["ensemble"].inputs  # every config seed by seed, then each model a search kept
+    assert [(i["seeds"], i.get("trained_by")) for i in library] == [(2, None)] * 6 + [(1, "search")] * 10
     lstm_inputs = fusions["lstm"].inputs
     assert {i["study"] for i in lstm_inputs} == {"valence", "valence_text", "arousal"}
     assert {i["target"] for i in lstm_inputs if i["extra"]} == {"arousal"}
@@ -190,7 +217,8 @@ def test_the_standard_split_retrains_on_train_and_fuses_over_devel(studies):
     log = []
     out = retrain_best(request(studies, "valence_devel", top_k=2, seeds=2), log=log.append)
     runs = rows(studies["engine"], FoldRun, study="valence_devel")
-    assert {(r.split, r.protocol) for r in runs} == {("devel", "folds=1 seed=0"), ("train+devel", "folds=1 seed=0 refit")}
+    assert {(r.split, r.protocol) for r in runs} == {("devel", "folds=1 seed=0"), ("devel", "folds=1 seed=0 search"),
+                                                     ("train+devel", "folds=1 seed=0 refit")}
     assert "5 folds over 3 pooled videos" not in "\n".join(log)  # tiny devel: 3 videos, 3 folds
     assert "3 folds over 3 pooled videos" in "\n".join(log)
     assert out["delivered"] in out["cv"]

@@ -1,13 +1,15 @@
 """Late fusion over the library of retrained models, every method fit and scored under one protocol.
 
 The library holds every retrained (config, seed): its out-of-split predictions of the pooled videos
-(devel, or train + devel with K folds) and its test predictions. A method is fit on some folds of
+(devel, or train + devel with K folds) and its test predictions; ensemble selection also draws on the
+models the search trained on every split (kept.py). A method is fit on some folds of
 pooled videos and predicts others, so it is cross-validated over the same folds of videos as every
 other method, and no method is ever scored on what it was fit on. Methods, simplest first:
 
 - chosen: the seed ensemble (mean over seeds) of the config ranked best on the folds it is fit on;
 - mean: the equal mean of every config's seed ensemble;
-- ensemble: greedy ensemble selection with replacement over the library's models (Caruana et al., 2004);
+- ensemble: greedy ensemble selection with replacement over the library's models and the search's
+  (Caruana et al., 2004);
 - weighted_ccc: a weighted mean of the seed ensembles, weights from each one's CCC;
 - weighted_fitted: the same with non-negative weights summing to 1 fitted to maximise CCC;
 - lstm: the entry's fusion model, a small biLSTM over all seed ensembles (other targets' too).
@@ -70,12 +72,24 @@ class FusionData:
 
 @dataclass
 class Library:
-    """Every retrained model of the fused studies' configs (own targets only), seed by seed."""
+    """Every retrained model of the fused studies' configs (own targets only), seed by seed; for ensemble
+    selection also the models their searches kept (see kept.py), one config entry each, last."""
     primary: str  # the study whose best config is "chosen"
     configs: list[Candidate]
     config_of: np.ndarray  # (models,): each model's index into configs
     oof: np.ndarray  # (pooled frames, models, targets)
     test: np.ndarray  # (test frames, models, targets)
+    searched: int = 0  # how many of the last configs are models the search trained
+
+    def with_searched(self, kept: list[tuple[Candidate, SeedRun]]) -> Library:
+        """This library and the search's kept models."""
+        if not kept:
+            return self
+        n = len(self.configs)
+        return Library(self.primary, self.configs + [c for c, _ in kept],
+                       np.concatenate([self.config_of, np.arange(n, n + len(kept))]),
+                       np.concatenate([self.oof, np.stack([r.oof for _, r in kept], axis=1)], axis=1),
+                       np.concatenate([self.test, np.stack([r.test for _, r in kept], axis=1)], axis=1), len(kept))
 
     def seed_ensembles(self, part: str) -> np.ndarray:
         """(frames, configs, targets): each config's mean over its seeds."""
@@ -89,8 +103,10 @@ class Library:
 
     def describe(self) -> list[dict]:
         seeds = np.bincount(self.config_of, minlength=len(self.configs))
+        first_searched = len(self.configs) - self.searched
         return [{"study": c.study, "trial": c.trial, "config_key": c.key, "seeds": int(n)}
-                for c, n in zip(self.configs, seeds)]
+                | ({"trained_by": "search"} if i >= first_searched else {})
+                for i, (c, n) in enumerate(zip(self.configs, seeds))]
 
 
 @dataclass
@@ -207,9 +223,10 @@ def cross_fit(method: Method, results: list[tuple[np.ndarray, np.ndarray]]) -> F
                  {t: per_config[:, j].tolist() for j, t in enumerate(data.targets)}, lib.describe())
 
 
-def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]],
-                   runs: dict[str, list[SeedRun]]) -> list[Method]:
-    """The chosen config's seed ensemble and every fusion method over the library of retrained models."""
+def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
+                   kept: list[tuple[Candidate, SeedRun]]) -> list[Method]:
+    """The chosen config's seed ensemble and every fusion method over the library of retrained models
+    (ensemble selection also over the models the search kept)."""
     plan = exp.plan
     data = FusionData(exp.pooled_labels, np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
                       plan.corpus.bounds("test"), _folds(exp), exp.targets, folds_are_splits=len(plan.splits) > 1)
@@ -218,19 +235,22 @@ def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]],
     library = Library(exp.request.study, own, np.array([i for i, c in enumerate(own) for _ in runs[c.key]]),
                       np.stack([r.oof for c in own for r in runs[c.key]], axis=1),
                       np.stack([r.test for c in own for r in runs[c.key]], axis=1))
+    everything = library.with_searched([(c, r) for c, r in kept if c.study not in extra])
     methods = [Method("chosen", library, data, chosen_weights)]
-    if len(library.config_of) == 1:
+    searched = f", and {everything.searched} model(s) the search kept" if everything.searched else ""
+    if len(everything.config_of) == 1:
         exp.log(f"ensemble selection: {SINGLE}")
     elif len(own) < 2:
-        exp.log("fusion: one config only, so only its seed ensemble and ensemble selection over its seeds are formed")
-        methods.append(Method("ensemble", library, data, ensemble_weights))
+        exp.log(f"fusion: one config only, so only its seed ensemble and ensemble selection over its seeds{searched} "
+                "are formed")
+        methods.append(Method("ensemble", everything, data, ensemble_weights))
     else:
         streams = [s for name, cs in candidates.items() for c in cs if runs[c.key]
                    for s in seed_ensemble_streams(c, runs[c.key], extra=name in extra)]
-        exp.log(f"fusion: a library of {len(library.config_of)} models of {len(own)} configs "
-                f"({len(streams) - len(own) * len(data.targets)} extra input(s) for the LSTM), "
+        exp.log(f"fusion: a library of {len(library.config_of)} models of {len(own)} configs{searched} (ensemble "
+                f"selection only), {len(streams) - len(own) * len(data.targets)} extra input(s) for the LSTM; "
                 f"{len(data.folds)} folds over {len(plan.pooled)} pooled videos")
-        methods += [Method("mean", library, data, mean_weights), Method("ensemble", library, data, ensemble_weights),
+        methods += [Method("mean", library, data, mean_weights), Method("ensemble", everything, data, ensemble_weights),
                     Method("weighted_ccc", library, data, per_target_weights(ccc_weights)),
                     Method("weighted_fitted", library, data, per_target_weights(fitted_weights)),
                     Method("lstm", library, data, run_jobs=lstm_jobs(exp, streams, data),

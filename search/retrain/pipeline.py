@@ -23,6 +23,7 @@ from search.retrain.deliver import deliver
 from search.retrain.experiment import Experiment, Request
 from search.retrain.fusion import fusion_methods, refitted
 from search.retrain.holdout import evaluate_test_once
+from search.retrain.kept import kept_runs
 from search.retrain.rank import rank
 from search.retrain.results import Evaluation, FusionResult, looks, open_results
 from search.retrain.runs import plan_runs, refit, retrain
@@ -46,7 +47,8 @@ def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
                    log)
     ranking = rank(candidates, runs, primary=request.study, seeds=request.seeds, splits=len(exp.plan.splits), log=log)
     chosen = next(c for c in candidates[request.study] if c.key == ranking.iloc[0]["config_key"])
-    methods = fusion_methods(exp, candidates, runs)
+    kept = kept_runs(exp.engine, exp.studies, exp.fingerprints, exp.plan, log)
+    methods = fusion_methods(exp, candidates, runs, kept)
     fusions, choice, nested = choose(methods, log)
     if request.refit:
         epochs, refit_runs = refit(exp.engine, chosen, runs[chosen.key], exp.plan, log)

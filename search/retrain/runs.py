@@ -75,7 +75,12 @@ class Plan:
 def plan_runs(corpus: Corpus, *, folds: int, fold_seed: int, resources: Resources, out_dir: Path) -> Plan:
     """The plan for runs on `folds` splits of this corpus (1: train/devel as given), drawn with `fold_seed`."""
     return Plan(corpus, put_corpus(corpus), make_splits(corpus, folds, fold_seed), pooled_videos(corpus, folds),
-                f"folds={folds} seed={fold_seed}", resources, threads=max(1, int(resources.cpu)), out_dir=out_dir)
+                protocol_of(folds, fold_seed), resources, threads=max(1, int(resources.cpu)), out_dir=out_dir)
+
+
+def protocol_of(folds: int, fold_seed: int) -> str:
+    """The name under which runs on these splits are stored (and found again)."""
+    return f"folds={folds} seed={fold_seed}"
 
 
 def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
@@ -114,9 +119,7 @@ def train_split(corpus: Corpus, config: TrainConfig, split: Split, threads: int)
     use_threads(threads)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     result = train(corpus, config, split, device=device, log=None)
-    return {"summary": result.summary(), "score": result.predict(split.score),  # none for a refit
-            "test": result.predict(np.arange(*corpus.partition_videos["test"])),
-            "node": ray.get_runtime_context().get_node_id()}
+    return result.outputs(np.arange(*corpus.partition_videos["test"])) | {"node": ray.get_runtime_context().get_node_id()}
 
 
 def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
@@ -130,7 +133,7 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
     for c in candidates:
         for seed in seeds:
             for split in plan.splits:
-                row = retrying(lambda: _stored(engine, c, seed, split, plan), log)
+                row = retrying(lambda: stored_run(engine, c, seed, split.name, plan.protocol), log)
                 if row is not None:
                     stored[(c.key, seed, split.name)] = row
                 else:
@@ -146,13 +149,13 @@ def retrain(engine, candidates: list[Candidate], seeds: list[int], plan: Plan,
         done += 1
         try:
             out = ray.get(ready)
-            row = retrying(lambda: _store(engine, c, seed, split, plan, out), log)
+            row = retrying(lambda: store_run(engine, c, seed, split.name, plan.protocol, plan.out_dir, out), log)
             stored[(c.key, seed, split.name)] = row
             scored = f"CCC {_mean(row.score_ccc):.4f}" if row.score_ccc else "trained"  # a refit scores no video
             outcome = f"{scored} ({row.epochs_run} epochs, {row.seconds:.0f}s)"
         except ray.exceptions.RayError as e:  # the task raised, or its worker died (killed, out of memory)
             reason = str(getattr(e, "cause", None) or e).strip().splitlines()[0][:300]
-            retrying(lambda: _store_failure(engine, c, seed, split, plan, reason), log)
+            retrying(lambda: _store_failure(engine, c, seed, split.name, plan.protocol, reason), log)
             outcome = f"FAILED, left out ({reason}); a rerun tries it again"
         left = (time.time() - started) / done * len(pending)
         log(f"  [{reused + done}/{total}] {c.label} seed {seed} "
@@ -180,24 +183,34 @@ def _seed_runs(c: Candidate, seeds: list[int], stored: dict, plan: Plan) -> list
     return out
 
 
-def _where(c: Candidate, seed: int, split: Split, plan: Plan):
+def seed_run(engine, c: Candidate, seed: int, plan: Plan, protocol: str,
+             log: Callable[[str], None]) -> SeedRun | None:
+    """This candidate's stored runs with this seed under `protocol` on every split of the plan, assembled;
+    None if a split has none."""
+    stored = {(c.key, seed, s.name): retrying(lambda: stored_run(engine, c, seed, s.name, protocol), log)
+              for s in plan.splits}
+    return next(iter(_seed_runs(c, [seed], stored, plan)), None)
+
+
+def _where(c: Candidate, seed: int, split: str, protocol: str):
     return (FoldRun.study == c.study, FoldRun.config_key == c.key, FoldRun.seed == seed,
-            FoldRun.split == split.name, FoldRun.protocol == plan.protocol,
-            FoldRun.data_fingerprint == c.fingerprint)
+            FoldRun.split == split, FoldRun.protocol == protocol, FoldRun.data_fingerprint == c.fingerprint)
 
 
-def _stored(engine, c: Candidate, seed: int, split: Split, plan: Plan) -> FoldRun | None:
+def stored_run(engine, c: Candidate, seed: int, split: str, protocol: str) -> FoldRun | None:
+    """The finished run of this config and seed on this split under `protocol`, with its prediction files."""
     with Session(engine) as session:
-        row = session.scalars(select(FoldRun).where(*_where(c, seed, split, plan), FoldRun.state == "COMPLETE")).first()
+        row = session.scalars(select(FoldRun).where(*_where(c, seed, split, protocol),
+                                                    FoldRun.state == "COMPLETE")).first()
         if row is None or not all((Path(row.predictions) / f).is_file() for f in ("score.npy", "test.npy")):
             return None  # never trained, failed, or its files were removed: train it (again)
         session.expunge(row)
         return row
 
 
-def _replace(session: Session, row: FoldRun, c: Candidate, seed: int, split: Split, plan: Plan) -> FoldRun:
+def _replace(session: Session, row: FoldRun, c: Candidate, seed: int, split: str, protocol: str) -> FoldRun:
     """Write row in place of an earlier one for the same run (failed, or whose files were lost)."""
-    for stale in session.scalars(select(FoldRun).where(*_where(c, seed, split, plan))).all():
+    for stale in session.scalars(select(FoldRun).where(*_where(c, seed, split, protocol))).all():
         session.delete(stale)
     session.flush()
     session.add(row)
@@ -205,17 +218,18 @@ def _replace(session: Session, row: FoldRun, c: Candidate, seed: int, split: Spl
     return row
 
 
-def _store(engine, c: Candidate, seed: int, split: Split, plan: Plan, out: dict) -> FoldRun:
+def store_run(engine, c: Candidate, seed: int, split: str, protocol: str, out_dir: Path, out: dict) -> FoldRun:
+    """A finished run (its train_split-shaped outputs): its predictions in a folder named after its row, and the row."""
     summary = out["summary"]
     folder = None
     try:
         with Session(engine) as session, session.begin():
             row = _replace(session, FoldRun(
                 study=c.study, trial_number=c.trial, config_key=c.key, config=c.config.replace(seed=seed).to_dict(),
-                seed=seed, split=split.name, protocol=plan.protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
+                seed=seed, split=split, protocol=protocol, state="COMPLETE", score_ccc=summary["score_ccc"],
                 best_epoch=summary["best_epoch"], epochs_run=summary["epochs_run"], seconds=summary["seconds"],
-                node=out["node"], code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, plan)
-            folder = plan.out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.name.replace('/', 'of').replace(' ', '-')}"
+                node=out["node"], code_version=code_version(), data_fingerprint=c.fingerprint), c, seed, split, protocol)
+            folder = out_dir / c.study / f"run-{row.id}_trial-{c.trial}_seed-{seed}_{split.replace('/', 'of').replace(' ', '-')}"
             folder.mkdir(parents=True, exist_ok=True)
             np.save(folder / "score.npy", out["score"])
             np.save(folder / "test.npy", out["test"])
@@ -229,12 +243,12 @@ def _store(engine, c: Candidate, seed: int, split: Split, plan: Plan, out: dict)
     return row
 
 
-def _store_failure(engine, c: Candidate, seed: int, split: Split, plan: Plan, error: str) -> None:
+def _store_failure(engine, c: Candidate, seed: int, split: str, protocol: str, error: str) -> None:
     with Session(engine) as session, session.begin():
         _replace(session, FoldRun(study=c.study, trial_number=c.trial, config_key=c.key,
-                                  config=c.config.replace(seed=seed).to_dict(), seed=seed, split=split.name,
-                                  protocol=plan.protocol, state="FAIL", error=error, code_version=code_version(),
-                                  data_fingerprint=c.fingerprint), c, seed, split, plan)
+                                  config=c.config.replace(seed=seed).to_dict(), seed=seed, split=split,
+                                  protocol=protocol, state="FAIL", error=error, code_version=code_version(),
+                                  data_fingerprint=c.fingerprint), c, seed, split, protocol)
 
 
 def _mean(ccc: dict[str, float]) -> float:

@@ -148,6 +148,8 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
     from ray import tune
 
     from search.cluster import check_memory, ensure_ray, fit_resources, put_corpus
+    from search.retrain.kept import start_keeper
+    from search.retrain.runs import protocol_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     # heartbeats, metric names and fail_stale_trials are marked experimental; they are what we rely on
@@ -171,8 +173,10 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
         + f", each at most {spec.max_epochs} passes ({frames_per_fold:,} training frames) per fold; ASHA looks after "
         f"{grace:,} frames, then every x{spec.reduction_factor}; {resources.concurrent} at a time "
         f"({resources.cpu:g} CPU, {resources.gpu:g} GPU each)")
-    trainable = tune.with_resources(functools.partial(objective, corpus_ref=put_corpus(corpus), splits=splits),
-                                    {"cpu": resources.cpu, "gpu": resources.gpu})
+    keeper = start_keeper(spec.storage, spec.name, protocol_of(spec.folds, spec.fold_seed), corpus.fingerprint,
+                          _runs_dir() / "search")
+    trainable = tune.with_resources(functools.partial(objective, corpus_ref=put_corpus(corpus), splits=splits,
+                                                      keeper=keeper), {"cpu": resources.cpu, "gpu": resources.gpu})
     del corpus  # the object store holds it now
     heartbeat = Heartbeat(study, searcher, log).start()
     try:
@@ -213,7 +217,11 @@ def _ray_results() -> str:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # an error report has no score
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-result files...
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # ... so Tune finds none
-    return str((Path(os.environ.get("MUSE_RUNS_DIR", "runs")) / "ray").resolve())
+    return str(_runs_dir() / "ray")
+
+
+def _runs_dir() -> Path:
+    return Path(os.environ.get("MUSE_RUNS_DIR", "runs")).resolve()
 
 
 def _trial_dirname(trial) -> str:

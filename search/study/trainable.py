@@ -55,9 +55,10 @@ class TrialReport:
         return cls(**{f.name: value(f.name) for f in dataclasses.fields(cls)})
 
 
-def objective(config: dict, corpus_ref, splits: list) -> None:
+def objective(config: dict, corpus_ref, splits: list, keeper=None) -> None:
     """A Ray Tune function trainable. The corpus comes from Ray's object store (one copy per node);
-    config["rungs"] holds the scheduler's milestones in training frames over all folds."""
+    config["rungs"] holds the scheduler's milestones in training frames over all folds. A trial that
+    trains every fold hands its models' predictions to the keeper (retrain-best's library takes them)."""
     import ray
     import torch
     from ray import tune
@@ -90,6 +91,8 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
             device=device, gpu_ids=gpu_ids, node=node, threads=threads, niceness=os.nice(0), started_at=started,
             error=error).to_result())
 
+    kept = []  # per finished fold: its split's name and its model's predictions
+    test = np.arange(*corpus.partition_videos["test"])
     fold = 1
     try:
         for fold, split in enumerate(splits, start=1):
@@ -100,6 +103,14 @@ def objective(config: dict, corpus_ref, splits: list) -> None:
                            milestones=milestones)
             folds.append(result.last.score_ccc)
             epochs_before += result.last.epoch
+            if keeper is not None:
+                kept.append((split.name, result.outputs(test) | {"node": node}))
     except Exception as e:  # the study records why (FAIL, stop_reason) and goes on with other trials
         traceback.print_exc()
         report(fold, None, error=f"{type(e).__name__}: {e}")
+        return
+    if keeper is not None:
+        try:  # before the trial returns, so its runs are stored by the time the study records it COMPLETE
+            ray.get(keeper.keep.remote(config["trial_number"], cfg, kept))
+        except Exception:  # a trial is no less complete for it; retrain-best only has one model fewer
+            traceback.print_exc()
