@@ -167,6 +167,34 @@ def test_a_trial_whose_sampling_outlasts_the_stale_limit_stays_its_drivers(tmp_p
     assert trial.user_attrs["ray_trial_id"] == "ray-trial-1"
 
 
+def test_a_trial_whose_end_takes_long_to_record_is_not_failed_by_its_own_driver(tmp_path, tiny_root, monkeypatch):
+    # Under load, recording a finished trial's end (a commit per attribute) outlasted STALE_AFTER_S; the
+    # driver had stopped beating for it, so its own heartbeat failed it, and telling it COMPLETE raised
+    # (a PostgreSQL study beside a benchmark, 2026-12-05).
+    from search.study.trainable import TrialReport
+    spec = load_study_file(study_file(tmp_path, tiny_root, sqlite(tmp_path)))
+    storage = open_storage(spec.storage, heartbeat=True)
+    study = open_study(storage, spec, "data", force=False, log=lambda line: None)
+    searcher = StudySearcher(study, storage, spec, max_frames=1000, data_fingerprint="data", log=lambda line: None)
+    slow_attrs = StudySearcher._set_attrs
+
+    def slow(self, trial, attrs):
+        time.sleep(STALE_AFTER_S + 2 * HEARTBEAT_S)
+        slow_attrs(self, trial, attrs)
+    monkeypatch.setattr(StudySearcher, "_set_attrs", slow)
+    heartbeat = Heartbeat(study, searcher, log=lambda line: None).start()
+    try:
+        searcher.suggest("ray-trial-1")
+        final = TrialReport(epoch=3, fold=1, train_frames=1000, fold_ccc=[0.5], target_ccc={"arousal": [0.5]},
+                            objective=0.5, stop_reason="max_epochs", device="cpu", gpu_ids=[], node="n", threads=1,
+                            niceness=0, started_at="2026-12-05T00:00:00+00:00")
+        searcher.on_trial_complete("ray-trial-1", result=final.to_result())
+    finally:
+        heartbeat.stop()
+    [trial] = study.get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.5 and not searcher.running
+
+
 def test_gp_and_cmaes_leave_their_start_up_on_completed_trials_only(tmp_path, tiny_root):
     gp = load_study_file(study_file(tmp_path, tiny_root, sqlite(tmp_path), sampler={"name": "gp", "n_startup_trials": 2}))
     pruned = [optuna.trial.create_trial(state=TrialState.PRUNED) for _ in range(3)]

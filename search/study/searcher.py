@@ -129,15 +129,17 @@ class StudySearcher(Searcher):
         self._record(self.running[trial_id], TrialReport.from_result(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        run = self.running.pop(trial_id, None)
+        run = self.running.get(trial_id)
         if run is None:
             return
-        try:
+        try:  # still beaten while its end is recorded (a dozen commits): a slow storage must not let it go stale
             self._complete(trial_id, run, result, error)
         except Exception as e:  # a trial left RUNNING would go stale and be run again: record what happened
             self._storage(lambda: run.trial.set_user_attr("stop_reason", f"error while recording it: {e}"))
             self._storage(lambda: self.study.tell(run.trial, state=TrialState.FAIL, skip_if_finished=True))
             raise
+        finally:
+            self.running.pop(trial_id, None)
 
     def _complete(self, trial_id: str, run: Running, result: dict | None, error: bool) -> None:
         if result:  # the result on which the scheduler stopped a trial reaches the searcher only here
