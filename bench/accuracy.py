@@ -252,8 +252,9 @@ def report(results: list[dict]) -> None:
             rows["entry config, service protocol"] = _row(r["entry"], "chosen", target)
         for out, label in ((tpe, "search (TPE)"), (rnd, "random search")):
             rows[f"{label}: chosen config"] = _row(out, "chosen", target)
-            if "refit" in out["test_predictions"]:
-                rows[f"{label}: chosen config refit"] = _row(out, "refit", target)
+            for method, how in (("refit", "equal epochs"), ("refit_updates", "equal updates")):
+                if method in out["test_predictions"]:
+                    rows[f"{label}: chosen config refit, {how}"] = _row(out, method, target)
             rows[f"{label}: delivered ({out['delivered']})"] = _row(out, out["delivered"], target)
         print(f"\n{r['set']} / {target} ({r['minutes']:.0f} min; this test set looked at {r['test']['looks']} "
               "times by all studies)")
@@ -268,9 +269,13 @@ def report(results: list[dict]) -> None:
         pairs = [("TPE chosen - entry", chosen, entry, "target >= +0.05"),
                  ("TPE delivered - entry", delivered, entry, "target >= +0.08"),
                  ("TPE delivered - TPE chosen", delivered, chosen, "target >= -0.005")]
-        if "refit" in tpe["test_predictions"]:
-            pairs.append(("TPE chosen refit - fold models", _column(tpe["test_predictions"]["refit"]), chosen,
-                          "decides the refit default"))
+        refits = {m: _column(tpe["test_predictions"][m]) for m in ("refit", "refit_updates")
+                  if m in tpe["test_predictions"]}
+        if "refit" in refits:
+            pairs.append(("TPE chosen refit - fold models", refits["refit"], chosen, "decides the refit default"))
+        if len(refits) == 2:
+            pairs.append(("TPE refit: equal updates - epochs", refits["refit_updates"], refits["refit"],
+                          "decides the refit schedule"))
         pairs += [("TPE chosen - random chosen", chosen, _column(rnd["test_predictions"]["chosen"]), "not a target"),
                   ("TPE delivered - random delivered", delivered, _column(rnd["test_predictions"][rnd["delivered"]]),
                    "not a target")]

@@ -80,15 +80,26 @@ def rows(engine, table, **where):
 
 def test_the_chosen_config_is_refit_on_every_train_and_devel_video(studies, evaluated):
     from core.corpus import load_corpus
+    from core.splits import make_splits
     from search.retrain.runs import refit_split
     refits = rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0 refit")
-    assert len(refits) == 2 and {r.split for r in refits} == {"train+devel"} and {r.seed for r in refits} == {0, 1}
-    best_epochs = [r.best_epoch for r in rows(studies["engine"], FoldRun, study="valence",
-                                              config_key=evaluated["ranking"].iloc[0]["config_key"])]
-    assert {r.config["epochs"] for r in refits} == {int(np.ceil(np.median(best_epochs)))}
-    assert all(r.epochs_run == r.config["epochs"] and r.config["max_frames"] == 0 for r in refits)
+    split_runs = rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0",
+                      config_key=evaluated["ranking"].iloc[0]["config_key"])
     corpus = load_corpus(trial_spec(studies).data_root, ["egemaps"], ["valence"])
     split = refit_split(corpus)
+    # equal epochs: the median the split runs kept; equal updates: that in frames, over all train+devel frames
+    epochs = int(np.ceil(np.median([r.best_epoch for r in split_runs])))
+    fold_frames = {s.name: corpus.lengths(s.train).sum() for s in make_splits(corpus, 3, 0)}
+    updates = max(1, int(np.ceil(np.median([r.best_epoch * fold_frames[r.split] for r in split_runs])
+                                 / corpus.lengths(split.train).sum())))
+    assert updates < epochs or epochs == 1  # the folds train on 1/3 of the pooled videos here
+    assert sorted({r.config["epochs"] for r in refits}) == sorted({epochs, updates})
+    assert len(refits) == 2 * len({epochs, updates}) and {r.split for r in refits} == {"train+devel"}
+    assert {r.seed for r in refits} == {0, 1}
+    assert all(r.epochs_run == r.config["epochs"] and r.config["max_frames"] == 0 for r in refits)
+    fusions = {f.method: f for f in rows(studies["engine"], FusionResult, study="valence")}
+    assert f"for {epochs} epochs (equal epochs" in fusions["refit"].protocol
+    assert f"for {updates} epochs (equal updates" in fusions["refit_updates"].protocol
     assert sorted(split.train.tolist()) == list(range(*corpus.partition_videos["train"])) + list(
         range(*corpus.partition_videos["devel"]))  # every pooled video, and no test video
     assert len(split.select) == len(split.score) == 0
@@ -152,6 +163,7 @@ def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluate
 def test_every_fusion_is_scored_out_of_fold_and_the_simplest_within_noise_is_delivered(studies, evaluated):
     fusions = {f.method: f for f in rows(studies["engine"], FusionResult, study="valence")}
     refit = fusions.pop("refit")  # shown beside the methods, never delivered: nothing scores it out of fold
+    assert fusions.pop("refit_updates").cv_ccc == {"valence": None}
     simple_first = ["chosen", "mean", "ensemble", "weighted_ccc", "weighted_fitted", "lstm"]
     assert set(fusions) == set(simple_first)
     assert refit.cv_ccc == {"valence": None} and refit.cv_se is None and refit.test_interval[1] <= refit.test_interval[2]

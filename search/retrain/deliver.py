@@ -118,8 +118,8 @@ def results_table(exp: Experiment, ranking: pd.DataFrame, chosen: Candidate, cho
              **{f"test {t}": test.chosen.get(t, {}).get("mean", np.nan) for t in targets}, "test 95 %": ""}]
     for f in fusions:
         shown = test.intervals.get(f.method)
-        kind = {"chosen": "chosen config, seed ensemble", "refit": "chosen config refit on train + devel"}.get(
-            f.method, f"fusion: {f.method}")
+        kind = {"chosen": "chosen config, seed ensemble", "refit": "chosen config refit on train + devel",
+                "refit_updates": "the same, equal updates"}.get(f.method, f"fusion: {f.method}")
         rows.append({"model": ("delivered: " if f.method == choice.delivered else "") + kind,
                      "scored": f.protocol.split(";")[0].split(":")[0],
                      **{f"pooled {t}": np.nan if f.cv_ccc[t] is None else f.cv_ccc[t] for t in targets},

@@ -29,7 +29,7 @@ from scipy.optimize import minimize
 from core.ensemble import SINGLE, select_ensemble
 from core.metrics import ccc
 from search.retrain.experiment import Experiment
-from search.retrain.runs import SeedRun
+from search.retrain.runs import REFIT_SCHEDULES, SeedRun
 from search.retrain.select import Candidate
 
 Job = tuple[list[np.ndarray], np.ndarray]  # folds of pooled videos (positions) to fit on, and videos to predict
@@ -292,11 +292,11 @@ def fit_lstm(x: np.ndarray, x_test: np.ndarray, data: FusionData, fit_on: np.nda
             predict_fusion(model, x_test, data.test_bounds, np.arange(len(data.test_bounds) - 1)))
 
 
-def refitted(c: Candidate, runs: list[SeedRun], epochs: int, data: FusionData) -> Fused:
-    """The chosen config refit on every train and devel video: test predictions only (no video is left to
-    score it out of fold), so it is shown beside the methods and never delivered by their rule."""
-    return Fused("refit", f"trained on every train and devel video for {epochs} epochs (the folds' median); "
-                          "not cross-validated", np.full_like(data.labels, np.nan, dtype=np.float32),
+def refitted(method: str, c: Candidate, runs: list[SeedRun], epochs: int, data: FusionData) -> Fused:
+    """The chosen config refit on every train and devel video (runs.REFIT_SCHEDULES): test predictions only
+    (no video is left to score it out of fold), so it is shown beside the methods and never delivered."""
+    return Fused(method, f"trained on every train and devel video for {epochs} epochs ({REFIT_SCHEDULES[method]}); "
+                         "not cross-validated", np.full_like(data.labels, np.nan, dtype=np.float32),
                  np.mean([r.test for r in runs], axis=0), dict.fromkeys(data.targets),
                  inputs=[{"study": c.study, "trial": c.trial, "config_key": c.key, "seeds": len(runs)}])
 

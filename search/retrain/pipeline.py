@@ -51,9 +51,9 @@ def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
     methods = fusion_methods(exp, candidates, runs, kept)
     fusions, choice, nested = choose(methods, log)
     if request.refit:
-        epochs, refit_runs = refit(exp.engine, chosen, runs[chosen.key], exp.plan, log)
-        if refit_runs:
-            fusions.append(refitted(chosen, refit_runs, epochs, methods[0].data))
+        for method, (epochs, refit_runs) in refit(exp.engine, chosen, runs[chosen.key], exp.plan, log).items():
+            if refit_runs:
+                fusions.append(refitted(method, chosen, refit_runs, epochs, methods[0].data))
     test = evaluate_test_once(exp, runs[chosen.key], fusions)
     return deliver(exp, ranking, chosen, runs[chosen.key], fusions, choice, nested, test)
 

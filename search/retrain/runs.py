@@ -83,22 +83,37 @@ def protocol_of(folds: int, fold_seed: int) -> str:
     return f"folds={folds} seed={fold_seed}"
 
 
+REFIT_SCHEDULES = {  # method name: how the folds' epochs carry over to a training on every pooled video
+    "refit": "equal epochs: the median of the epochs its split runs kept",
+    "refit_updates": "equal updates: the median over its split runs of the epochs kept x their training frames, "
+                     "over all train and devel frames",
+}
+
+
 def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
-          log: Callable[[str], None]) -> tuple[int, list[SeedRun]]:
+          log: Callable[[str], None]) -> dict[str, tuple[int, list[SeedRun]]]:
     """The config trained again on every train and devel video with each of its seeds (AutoGluon's
-    refit_full), for the median of the epochs its split runs kept (rounded up): no video is left to
-    select an epoch on, so the folds chose it. Its epoch count and seed runs (test predictions only)."""
+    refit_full). No video is left to select an epoch on, so the folds choose the count, two ways: as many
+    epochs as they kept, or as many gradient updates (fewer epochs over more videos). Per schedule
+    (REFIT_SCHEDULES), its epoch count and seed runs (test predictions only)."""
     if not runs:
         raise ConfigError(f"refit: {c.label} (study {c.study!r}, trial {c.trial}) completed no split run, so "
                           "there is no epoch count to refit it with; retrain it first, or pass --no-refit")
-    epochs = int(np.ceil(np.median([e for r in runs for e in r.best_epochs])))
     split = refit_split(plan.corpus)
+    frames = {s.name: plan.corpus.lengths(s.train).sum() for s in plan.splits}
+    kept = [(e, frames[s.name]) for r in runs for e, s in zip(r.best_epochs, plan.splits)]
+    epochs = {"refit": int(np.ceil(np.median([e for e, _ in kept]))),
+              "refit_updates": max(1, int(np.ceil(np.median([e * f for e, f in kept]) / plan.corpus.lengths(
+                  split.train).sum())))}
     refit_plan = dataclasses.replace(plan, splits=[split], protocol=f"{plan.protocol} refit")
-    config = c.config.replace(epochs=epochs, max_frames=0)  # the folds' frame cap was for a fold's videos
-    refit_c = dataclasses.replace(c, config=config)
-    log(f"refit: {c.label} on all {len(split.train)} train and devel videos for {epochs} epochs (the median "
-        f"epoch its {sum(len(r.best_epochs) for r in runs)} split runs kept), {len(runs)} seed(s)")
-    return epochs, retrain(engine, [refit_c], [r.seed for r in runs], refit_plan, log)[refit_c.key]
+    # the folds' frame cap was for a fold's videos
+    refits = {name: dataclasses.replace(c, config=c.config.replace(epochs=n, max_frames=0)) for name, n in epochs.items()}
+    log(f"refit: {c.label} on all {len(split.train)} train and devel videos, {len(runs)} seed(s), for "
+        + " and for ".join(f"{epochs[name]} epochs ({how.split(':')[0]})" for name, how in REFIT_SCHEDULES.items())
+        + f", from the epochs its {len(kept)} split runs kept")
+    trained = retrain(engine, list({r.key: r for r in refits.values()}.values()), [r.seed for r in runs], refit_plan,
+                      log)
+    return {name: (epochs[name], trained[refits[name].key]) for name in REFIT_SCHEDULES}
 
 
 def refit_split(corpus: Corpus) -> Split:
