@@ -228,10 +228,9 @@ def test_dropped_postgresql_connections_during_retrain_best_lose_nothing(ray_clu
         runs = session.query(FoldRun).filter(FoldRun.study == pg_study).all()
     assert [e.id for e in evaluations] == [outcome["out"]["evaluation_id"]]  # recorded once
     assert sorted((r.protocol, r.state) for r in runs) == [("folds=1 seed=0", "COMPLETE"),
-                                                           ("folds=1 seed=0 refit", "COMPLETE"),
                                                            ("folds=1 seed=0 search", "COMPLETE"),
-                                                           ("folds=1 seed=0 search", "COMPLETE")]  # the run, its
-    # refit, and the two trials' own runs (kept by the study)
+                                                           ("folds=1 seed=0 search", "COMPLETE")]  # the run, and the
+    # two trials' own runs (kept by the study)
     assert looks(engine, pg_study) == 1  # the look whose write was cut off was not counted twice
     assert Path(outcome["out"]["report"]).is_file()
     with psycopg.connect(POSTGRES, autocommit=True) as db:

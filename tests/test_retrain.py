@@ -60,7 +60,8 @@ def request(studies, study="valence", **changes) -> Request:
 @pytest.fixture(scope="module")
 def evaluated(studies):
     log = []
-    out = retrain_best(request(studies, top_k=3, seeds=2, fuse=["valence_text"], inputs_from=["arousal"]), log=log.append)
+    out = retrain_best(request(studies, top_k=3, seeds=2, fuse=["valence_text"], inputs_from=["arousal"], refit=True),
+                       log=log.append)
     return out | {"log": log}
 
 
@@ -229,8 +230,8 @@ def test_the_standard_split_retrains_on_train_and_fuses_over_devel(studies):
     log = []
     out = retrain_best(request(studies, "valence_devel", top_k=2, seeds=2), log=log.append)
     runs = rows(studies["engine"], FoldRun, study="valence_devel")
-    assert {(r.split, r.protocol) for r in runs} == {("devel", "folds=1 seed=0"), ("devel", "folds=1 seed=0 search"),
-                                                     ("train+devel", "folds=1 seed=0 refit")}
+    assert {(r.split, r.protocol) for r in runs} == {("devel", "folds=1 seed=0"), ("devel", "folds=1 seed=0 search")}
+    assert "refit" not in out["fusions"]  # on request only (--refit)
     assert "5 folds over 3 pooled videos" not in "\n".join(log)  # tiny devel: 3 videos, 3 folds
     assert "3 folds over 3 pooled videos" in "\n".join(log)
     assert out["delivered"] in out["cv"]

@@ -31,7 +31,7 @@ class Request:
     ray_address: str | None = None
     out_dir: Path = Path("runs/retrain")
     new_test_evaluation: bool = False
-    refit: bool = True  # also train the chosen config on every train and devel video: shown, not delivered
+    refit: bool = False  # also train the chosen config on every train and devel video: shown, not delivered
 
     def check(self) -> None:
         for name in ("top_k", "seeds", "epochs"):

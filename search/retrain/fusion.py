@@ -226,7 +226,7 @@ def cross_fit(method: Method, results: list[tuple[np.ndarray, np.ndarray]]) -> F
 def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]], runs: dict[str, list[SeedRun]],
                    kept: list[tuple[Candidate, SeedRun]]) -> list[Method]:
     """The chosen config's seed ensemble and every fusion method over the library of retrained models
-    (ensemble selection also over the models the search kept)."""
+    (ensemble selection also over the models the fused studies' searches kept)."""
     plan = exp.plan
     data = FusionData(exp.pooled_labels, np.concatenate([[0], np.cumsum(plan.corpus.lengths(plan.pooled))]),
                       plan.corpus.bounds("test"), _folds(exp), exp.targets, folds_are_splits=len(plan.splits) > 1)
@@ -235,7 +235,7 @@ def fusion_methods(exp: Experiment, candidates: dict[str, list[Candidate]], runs
     library = Library(exp.request.study, own, np.array([i for i, c in enumerate(own) for _ in runs[c.key]]),
                       np.stack([r.oof for c in own for r in runs[c.key]], axis=1),
                       np.stack([r.test for c in own for r in runs[c.key]], axis=1))
-    everything = library.with_searched([(c, r) for c, r in kept if c.study not in extra])
+    everything = library.with_searched(kept)
     methods = [Method("chosen", library, data, chosen_weights)]
     searched = f", and {everything.searched} model(s) the search kept" if everything.searched else ""
     if len(everything.config_of) == 1:

@@ -47,7 +47,8 @@ def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
                    log)
     ranking = rank(candidates, runs, primary=request.study, seeds=request.seeds, splits=len(exp.plan.splits), log=log)
     chosen = next(c for c in candidates[request.study] if c.key == ranking.iloc[0]["config_key"])
-    kept = kept_runs(exp.engine, exp.studies, exp.fingerprints, exp.plan, log)
+    fused = {name: exp.studies[name] for name in dict.fromkeys([request.study, *request.fuse])}
+    kept = kept_runs(exp.engine, fused, exp.fingerprints, exp.plan, log)
     methods = fusion_methods(exp, candidates, runs, kept)
     fusions, choice, nested = choose(methods, log)
     if request.refit:

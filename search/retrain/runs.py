@@ -98,7 +98,7 @@ def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
     (REFIT_SCHEDULES), its epoch count and seed runs (test predictions only)."""
     if not runs:
         raise ConfigError(f"refit: {c.label} (study {c.study!r}, trial {c.trial}) completed no split run, so "
-                          "there is no epoch count to refit it with; retrain it first, or pass --no-refit")
+                          "there is no epoch count to refit it with; retrain it first, or leave out --refit")
     split = refit_split(plan.corpus)
     frames = {s.name: plan.corpus.lengths(s.train).sum() for s in plan.splits}
     kept = [(e, frames[s.name]) for r in runs for e, s in zip(r.best_epochs, plan.splits)]
