@@ -145,6 +145,14 @@ def test_a_trial_that_completes_keeps_its_models_for_the_library(studies, evalua
     assert len(retrained) == 3 * 3 and retrained < {(r.trial_number, r.split) for r in kept}
 
 
+def test_no_keeper_outlives_its_study(studies):
+    import ray
+    # the state API's public face needs Ray's dashboard, which ray[tune] does not install
+    alive = [a for a in ray._private.state.actors().values()
+             if a["ActorClassName"].endswith("Keeper") and a["State"] == "ALIVE"]
+    assert not alive, f"{len(alive)} keeper(s) of finished studies still alive"
+
+
 def test_configs_are_ranked_by_their_mean_over_folds_and_seeds(studies, evaluated):
     per_seed = {}
     for run in rows(studies["engine"], FoldRun, study="valence", protocol="folds=3 seed=0"):

@@ -145,6 +145,7 @@ def open_study(storage: optuna.storages.BaseStorage, spec: StudySpec, data_finge
 def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None = None,
               log: Callable[[str], None] = print) -> dict:
     """Run or resume the study: Ray Tune runs the trials, the study's searcher proposes and records them."""
+    import ray
     from ray import tune
 
     from search.cluster import check_memory, ensure_ray, fit_resources, put_corpus
@@ -189,6 +190,7 @@ def run_study(spec: StudySpec, *, force: bool = False, ray_address: str | None =
                    run_config=tune.RunConfig(name=spec.name, storage_path=_ray_results(), verbose=0)).fit()
     finally:
         heartbeat.stop()
+        ray.kill(keeper)  # every trial has returned, so has every keep; a process running many studies keeps none
     return summarize(study, spec, searcher, time.time() - started, log)
 
 
