@@ -1,7 +1,6 @@
 """Shared by the tests: study files over the tiny data set, the PostgreSQL URL, HTTP and browser helpers."""
 import copy
 import json
-import math
 import os
 import socket
 import time
@@ -9,6 +8,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
+
+from search.study.file import first_rung_at
 
 POSTGRES = os.environ.get("MUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -47,8 +48,7 @@ def study_file(folder: Path, root: Path, storage: str, **changes) -> Path:
     doc = merge(BASE | {"data": {"root": str(root)}, "storage": storage}, changes)
     pruner, epochs = doc.get("pruner", {}), doc["budget"]["max_epochs"]
     if "grace_period" not in pruner and isinstance(epochs, int) and epochs > 0:  # the first rung at or after one pass (a grace off the rungs is refused)
-        factor = pruner.get("reduction_factor", 3)
-        pruner["grace_period"] = epochs / factor ** math.floor(math.log(epochs) / math.log(factor) + 1e-9)
+        pruner["grace_period"] = first_rung_at(1, epochs, pruner.get("reduction_factor", 3))
     path = folder / f"{doc['study']}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

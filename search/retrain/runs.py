@@ -101,16 +101,16 @@ def refit(engine, c: Candidate, runs: list[SeedRun], plan: Plan,
                           "there is no epoch count to refit it with; retrain it first, or leave out --refit")
     split = refit_split(plan.corpus)
     frames = {s.name: plan.corpus.lengths(s.train).sum() for s in plan.splits}
-    kept = [(e, frames[s.name]) for r in runs for e, s in zip(r.best_epochs, plan.splits)]
-    epochs = {"refit": int(np.ceil(np.median([e for e, _ in kept]))),
-              "refit_updates": max(1, int(np.ceil(np.median([e * f for e, f in kept]) / plan.corpus.lengths(
+    best = [(e, frames[s.name]) for r in runs for e, s in zip(r.best_epochs, plan.splits)]  # epochs kept, frames
+    epochs = {"refit": int(np.ceil(np.median([e for e, _ in best]))),
+              "refit_updates": max(1, int(np.ceil(np.median([e * f for e, f in best]) / plan.corpus.lengths(
                   split.train).sum())))}
     refit_plan = dataclasses.replace(plan, splits=[split], protocol=f"{plan.protocol} refit")
     # the folds' frame cap was for a fold's videos
     refits = {name: dataclasses.replace(c, config=c.config.replace(epochs=n, max_frames=0)) for name, n in epochs.items()}
     log(f"refit: {c.label} on all {len(split.train)} train and devel videos, {len(runs)} seed(s), for "
         + " and for ".join(f"{epochs[name]} epochs ({how.split(':')[0]})" for name, how in REFIT_SCHEDULES.items())
-        + f", from the epochs its {len(kept)} split runs kept")
+        + f", from the epochs its {len(best)} split runs kept")
     trained = retrain(engine, list({r.key: r for r in refits.values()}.values()), [r.seed for r in runs], refit_plan,
                       log)
     return {name: (epochs[name], trained[refits[name].key]) for name in REFIT_SCHEDULES}

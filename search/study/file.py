@@ -177,7 +177,7 @@ def _pruner(pruner: dict, o: dict, max_epochs: int) -> dict:
     factor = pruner.get("reduction_factor", 3)
     _need(isinstance(factor, int) and factor >= 2, "pruner.reduction_factor", "an integer of at least 2", factor)
     # unset: the first rung at or after 3 passes (a file's own value is taken as written, or refused)
-    grace = pruner.get("grace_period", max_epochs / factor ** _looks_inside(max_epochs, min(3, max_epochs), factor))
+    grace = pruner.get("grace_period", first_rung_at(min(3, max_epochs), max_epochs, factor))
     # without ASHA the rungs are unused: a file's grace period must not block `--pruner none --max-epochs 1`
     bound = max_epochs if name == "asha" else float("inf")
     _need(isinstance(grace, (int, float)) and not isinstance(grace, bool) and 0 < grace <= bound,
@@ -196,9 +196,9 @@ def _pruner(pruner: dict, o: dict, max_epochs: int) -> dict:
             "rejudge": rejudge}
 
 
-def _looks_inside(max_epochs: int, grace: float, factor: int) -> int:
-    """How many times grace multiplies by factor before it reaches max_epochs (rounded down)."""
-    return max(0, math.floor(math.log(max_epochs / grace) / math.log(factor) + 1e-9))
+def first_rung_at(passes: float, max_epochs: int, factor: int) -> float:
+    """The first grace period on a rung (max_epochs / factor^k) at or after `passes`."""
+    return max_epochs / factor ** max(0, math.floor(math.log(max_epochs / passes) / math.log(factor) + 1e-9))
 
 
 def _on_rung(grace: float, max_epochs: int, factor: int) -> float:
