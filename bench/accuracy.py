@@ -168,6 +168,22 @@ def test_set(storage: str, root: str, feature_set: str, target: str) -> dict:
             "looks": looks_at(open_results(storage), corpus.fingerprint_of((), (target,)))}
 
 
+def add_seed_arguments(parser: argparse.ArgumentParser, *, set: str, target: str, seeds: list[int],
+                       storage: str, trials_help: str) -> None:
+    """The arguments the benchmarks over sampler seeds share: one data set and target, the seeds, the
+    study file and its budget."""
+    parser.add_argument("--set", default=set, choices=list(DATASETS), help="synthetic data set (default: %(default)s)")
+    parser.add_argument("--data", help="an existing data root instead of the synthetic set (default: none)")
+    parser.add_argument("--target", default=target, help="target (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds,
+                        help=f"sampler seeds (default: {' '.join(map(str, seeds))})")
+    parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
+    parser.add_argument("--storage", default=storage, help="study storage (default: %(default)s)")
+    parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
+    parser.add_argument("--trials", type=int, help=f"{trials_help} (default: the study file's)")
+    parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
+
+
 def data_root(data: str | None, data_dir: str, name: str) -> str:
     """`data` as given, else the synthetic set `name` under data_dir, written where missing or made with
     other settings."""

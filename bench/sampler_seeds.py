@@ -20,21 +20,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.accuracy import DATASETS, STUDY_FILE, data_root, prefixed, require_test_labels, train_frames, trial_count
+from bench.accuracy import add_seed_arguments, data_root, prefixed, require_test_labels, train_frames, trial_count
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sampler_seeds", description=__doc__.splitlines()[0])
-    parser.add_argument("--set", default="s60", choices=list(DATASETS), help="synthetic data set (default: %(default)s)")
-    parser.add_argument("--data", help="an existing data root instead of the synthetic set (default: none)")
-    parser.add_argument("--target", default="valence", help="target (default: %(default)s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sampler seeds (default: 0 1 2)")
-    parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
-    parser.add_argument("--storage", default="sqlite:///runs/sampler_seeds.db",
-                        help="study storage (default: %(default)s)")
-    parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
-    parser.add_argument("--trials", type=int, help="TPE study budget (default: the study file's)")
-    parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
+    add_seed_arguments(parser, set="s60", target="valence", seeds=[0, 1, 2],
+                       storage="sqlite:///runs/sampler_seeds.db", trials_help="TPE study budget")
     parser.add_argument("--retrain", type=int, default=0, metavar="N",
                         help="retrain each study's top config with N seeds and score it on test (default: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/sampler_seeds"),

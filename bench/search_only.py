@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.accuracy import DATASETS, STUDY_FILE, data_root, prefixed, train_frames, trial_count
+from bench.accuracy import add_seed_arguments, data_root, prefixed, train_frames, trial_count
 
 ARMS = {  # arm: study-file overrides
     "tpe": {"sampler": "tpe", "rank_by": "state", "rejudge": False},
@@ -31,17 +31,8 @@ ARMS = {  # arm: study-file overrides
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search_only", description=__doc__.splitlines()[0])
-    parser.add_argument("--set", default="s40", choices=list(DATASETS),
-                        help="synthetic data set (default: %(default)s)")
-    parser.add_argument("--data", help="an existing data root instead of the synthetic set (default: none)")
-    parser.add_argument("--target", default="arousal", help="target (default: %(default)s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)), help="sampler seeds (default: 0-9)")
-    parser.add_argument("--data-dir", default="data/accuracy", help="where synthetic sets go (default: %(default)s)")
-    parser.add_argument("--storage", default="sqlite:///runs/search_only.db",
-                        help="study storage (default: %(default)s)")
-    parser.add_argument("--study-file", default=str(STUDY_FILE), help="the search (default: studies/accuracy.yaml)")
-    parser.add_argument("--trials", type=int, help="the shipped TPE arm's budget (default: the study file's)")
-    parser.add_argument("--max-epochs", type=int, help="passes per fold (default: the study file's)")
+    add_seed_arguments(parser, set="s40", target="arousal", seeds=list(range(10)),
+                       storage="sqlite:///runs/search_only.db", trials_help="the shipped TPE arm's budget")
     args = parser.parse_args(argv)
     from core.errors import run_command
     return run_command(lambda: benchmark(args))

@@ -145,6 +145,26 @@ def test_a_trial_that_completes_keeps_its_models_for_the_library(studies, evalua
     assert len(retrained) == 3 * 3 and retrained < {(r.trial_number, r.split) for r in kept}
 
 
+def test_a_trial_whose_models_could_not_be_kept_still_counts_and_retrain_best_says_so(ray_cluster, tiny_root,
+                                                                                       tmp_path, monkeypatch):
+    """A keep that fails (here the folder for the kept predictions cannot be made) leaves the trial
+    COMPLETE and no half-written run; retrain-best names the trials whose models are missing."""
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    (runs_dir / "search").write_text("a file where the kept predictions' folder goes")
+    monkeypatch.setenv("MUSE_RUNS_DIR", str(runs_dir))
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    run_study(load_study_file(study_file(tmp_path, tiny_root, storage, study="unkept", **TINY_STUDY | {
+        "budget": {"trials": 2, "max_epochs": 1}})), log=lambda line: None)
+    trials = optuna.load_study(study_name="unkept", storage=storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert not rows(sa.create_engine(storage), FoldRun, protocol="folds=3 seed=0 search")
+    log = []
+    out = retrain_best(Request("unkept", storage, out_dir=tmp_path / "retrain", top_k=1, seeds=1), log=log.append)
+    assert any("trial(s) 0, 1 completed but their models were not kept" in line for line in log), log
+    assert out["ranking"].iloc[0]["config_key"]  # the retrained config is delivered all the same
+
+
 def test_no_keeper_outlives_its_study(studies):
     import ray
     # the state API's public face needs Ray's dashboard, which ray[tune] does not install

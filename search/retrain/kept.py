@@ -62,15 +62,23 @@ def start_keeper(storage: str, study: str, protocol: str, fingerprint: str, out_
 
 def kept_runs(engine: sa.Engine, studies: dict[str, optuna.Study], fingerprints: dict[str, str], plan: Plan,
               log: Callable[[str], None]) -> list[tuple[Candidate, SeedRun]]:
-    """Every completed trial of these studies whose runs on the plan's splits were kept, with them."""
+    """Every completed trial of these studies whose runs on the plan's splits were kept, with them; says
+    which completed trials have none (a keep that failed: the trial's log has why)."""
     out = []
     for name, study in studies.items():
+        missing = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             config = trial_config(t)
             if config is None:
                 continue
             c = Candidate(name, t.number, t.value, config, t.params, fingerprints[name])
             run = seed_run(engine, c, config.seed, plan, search_protocol(plan.protocol), log)
-            if run is not None:
+            if run is None:
+                missing.append(t.number)
+            else:
                 out.append((c, run))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            log(f"study {name!r}: trial(s) {shown} completed but their models were not kept "
+                f"on every split ({plan.protocol}; the trial's log says why): ensemble selection goes on without them")
     return out
