@@ -52,7 +52,7 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
                  "TPE chosen - random chosen", "(paired over test videos;", "TPE delivered: nested-CV estimate",
                  "training frames: TPE", "feature sets tried (TPE)", "rank correlation of rung values",
                  "random delivered - entry", "random delivered: nested-CV estimate", "random chosen refit - fold models",
-                 "random refit: equal updates - epochs"):
+                 "random refit: equal updates - epochs", "with test's noise: "):
         assert line in out.stdout, line
     # every look at this test set is counted, whichever study made it: TPE, random, entry in folds, entry's way
     assert "this test set looked at 4 times by all studies" in out.stdout.split("==== all data sets ====")[1]
