@@ -60,6 +60,17 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
                                                           storage=f"sqlite:///{tmp_path / 'acc.db'}").user_attrs
              for arm in ("tpe", "random_frames")}
     assert seeds["acc_given_arousal_random_frames"]["spec"]["seed"] != seeds["acc_given_arousal_tpe"]["spec"]["seed"]
+    # the bag the chosen config delivered, taken apart by ensemble size: all of it is the chosen config's row
+    bag = subprocess.run([sys.executable, "-m", "bench.bagging", "acc_given_arousal_tpe",
+                          "--storage", f"sqlite:///{tmp_path / 'acc.db'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bag.returncode == 0, bag.stderr[-3000:]
+    chosen = next(line for line in out.stdout.splitlines() if "search (TPE): chosen config  " in line).split()
+    row = next(line for line in bag.stdout.splitlines() if line.startswith("acc_given_arousal_tpe")).split()
+    assert row[1] == "3x2" and row[-1] == chosen[5]  # 3 folds x 2 seeds; test CCC of the seed ensemble
+    with sa.create_engine(f"sqlite:///{tmp_path / 'acc.db'}").connect() as db:
+        purposes = db.execute(sa.text("select purpose from test_looks where study = 'acc_given_arousal_tpe'")).scalars()
+        assert any(p.startswith("bench.bagging") for p in purposes)  # its look at test is counted
 
 
 def test_benchmarks_that_score_on_test_refuse_a_data_set_without_test_labels_before_training(tmp_path):
