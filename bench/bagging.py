@@ -46,22 +46,22 @@ def ensemble_sizes(engine, study: str) -> tuple[str, dict]:
     from core.corpus import load_corpus
     from core.errors import ConfigError
     from core.metrics import ccc
-    from search.retrain.results import Evaluation, FoldRun, record_look
+    from search.retrain.pipeline import latest_evaluation
+    from search.retrain.results import FoldRun, record_look
 
+    evaluation = latest_evaluation(engine, study)
+    if evaluation is None:
+        raise ConfigError(f"study {study!r}: no evaluation in this storage (run retrain-best on it first)")
+    settings = evaluation.settings
     with Session(engine) as session:
-        evaluation = session.scalars(sa.select(Evaluation).where(Evaluation.study == study)
-                                     .order_by(Evaluation.id.desc())).first()
-        if evaluation is None:
-            raise ConfigError(f"study {study!r}: no evaluation in this storage (run retrain-best on it first)")
-        settings, key = evaluation.settings, evaluation.chosen_config_key
         runs = session.scalars(sa.select(FoldRun).where(
-            FoldRun.study == study, FoldRun.config_key == key, FoldRun.protocol == settings["protocol"],
-            FoldRun.state == "COMPLETE")).all()
+            FoldRun.study == study, FoldRun.config_key == evaluation.chosen_config_key,
+            FoldRun.protocol == settings["protocol"], FoldRun.state == "COMPLETE")).all()
     if not runs:
         raise ConfigError(f"study {study!r}: the chosen config's runs under {settings['protocol']!r} are gone")
-    targets = TrainConfig.from_dict(runs[0].config).emo_dim_set
-    corpus = load_corpus(settings["data"], TrainConfig.from_dict(runs[0].config).feature_set, targets,
-                         test_labels=True)
+    config = TrainConfig.from_dict(runs[0].config)
+    targets = config.emo_dim_set
+    corpus = load_corpus(settings["data"], config.feature_set, targets, test_labels=True)
     record_look(engine, study, "bench.bagging: test CCC by ensemble size", corpus.fingerprint_of((), targets))
     labels = corpus.labels_of("test")
     test = {(r.seed, r.split): np.load(Path(r.predictions) / "test.npy") for r in runs}

@@ -71,6 +71,19 @@ def test_the_accuracy_benchmark_runs_on_a_given_data_set(tmp_path, three_folds):
     with sa.create_engine(f"sqlite:///{tmp_path / 'acc.db'}").connect() as db:
         purposes = db.execute(sa.text("select purpose from test_looks where study = 'acc_given_arousal_tpe'")).scalars()
         assert any(p.startswith("bench.bagging") for p in purposes)  # its look at test is counted
+    # a study never evaluated, and one whose chosen config's runs are gone: one clear error each, no look
+    with sa.create_engine(f"sqlite:///{tmp_path / 'acc.db'}").begin() as db:
+        db.execute(sa.text("delete from fold_runs where study = 'acc_given_arousal_tpe'"))
+        before = db.execute(sa.text("select count(*) from test_looks")).scalar()
+    for study, message in (("never_evaluated", "error: study 'never_evaluated': no evaluation in this storage "
+                                               "(run retrain-best on it first)"),
+                           ("acc_given_arousal_tpe", "error: study 'acc_given_arousal_tpe': the chosen config's runs "
+                                                     "under 'folds=3 seed=0' are gone")):
+        bad = subprocess.run([sys.executable, "-m", "bench.bagging", study, "--storage", f"sqlite:///{tmp_path / 'acc.db'}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == message, bad.stderr[-3000:]
+    with sa.create_engine(f"sqlite:///{tmp_path / 'acc.db'}").connect() as db:
+        assert db.execute(sa.text("select count(*) from test_looks")).scalar() == before
 
 
 def test_benchmarks_that_score_on_test_refuse_a_data_set_without_test_labels_before_training(tmp_path):

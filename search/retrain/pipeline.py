@@ -37,7 +37,7 @@ __all__ = ["Request", "retrain_best"]
 def retrain_best(request: Request, log: Callable[[str], None] = print) -> dict:
     request.check()
     exp = open_experiment(request, log)
-    latest = retrying(lambda: latest_evaluation(exp), log)
+    latest = retrying(lambda: latest_evaluation(exp.engine, exp.request.study), log)
     if latest is not None and not request.new_test_evaluation:
         return show_evaluation(exp, latest)
     prepare(exp)
@@ -98,9 +98,9 @@ def snapshot(storage: optuna.storages.BaseStorage, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=memory)
 
 
-def latest_evaluation(exp: Experiment) -> Evaluation | None:
-    with Session(exp.engine) as session:
-        latest = session.scalars(sa.select(Evaluation).where(Evaluation.study == exp.request.study)
+def latest_evaluation(engine: sa.Engine, study: str) -> Evaluation | None:
+    with Session(engine) as session:
+        latest = session.scalars(sa.select(Evaluation).where(Evaluation.study == study)
                                  .order_by(Evaluation.id.desc())).first()
         if latest is not None:
             session.expunge(latest)
